@@ -1,0 +1,46 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv on a fresh machine.
+#
+# torch is pinned here, in the make path only: 2.13.0 is the CPU build these machines carry
+# (an unpinned `torch` would pull gigabytes of CUDA packages). GPU users install the package
+# with their own torch build instead: `pip install -e .[train]`. Override with
+# `make TORCH_SPEC='torch==X' test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell $(PYTHON) -c "import hashlib,pathlib;print(hashlib.sha1(pathlib.Path('setup.py').read_bytes()).hexdigest()[:10])")
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: all demo test lint format bench venv clean
+
+all: test
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install --quiet -e '.[train,test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/semseg demo --out runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/semseg bench --out runs/bench
+
+clean:
+	rm -rf build install log runs .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,118 @@
+"""The ``semseg`` command: one entry point, one subcommand per step of the project.
+
+Each subcommand is the ``main(argv, prog)`` of the module that implements it, so every step
+has two doors and one implementation: ``semseg data synth ...`` and
+``python -m training.data.synthetic ...`` run the same function.  Modules are imported only
+when their command runs, so ``semseg --help`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    target: str  # 'package.module:function', called as function(argv, prog) -> int
+    summary: str
+
+    def load(self) -> Callable[..., int]:
+        module_name, func_name = self.target.split(':')
+        return getattr(importlib.import_module(module_name), func_name)
+
+
+CommandTree = dict[str, 'Command | CommandTree']
+
+COMMANDS: CommandTree = {
+    'data': {
+        'synth': Command(
+            'training.data.synthetic:main',
+            'write a synthetic CARLA-like dataset in the Lyft-Udacity layout',
+        ),
+        'check': Command(
+            'training.data.check:main',
+            'validate a dataset: counts, class frequencies, and every problem by file',
+        ),
+        'split': Command(
+            'training.data.splits:main',
+            'write a train/val/test manifest (original A,B,C/D/E or seeded random split)',
+        ),
+        'collect': Command(
+            'training.data.collect:main',
+            'drive a live CARLA server and record RGB + segmentation pairs in the same layout',
+        ),
+        'show': Command(
+            'training.data.preview:main',
+            'draw a grid of dataset samples: image | colour label | overlay',
+        ),
+    },
+    'train': Command(
+        'training.train:main',
+        'train a UNet from a YAML config (resume, TensorBoard, torchrun for multi-GPU)',
+    ),
+    'evaluate': Command(
+        'training.evaluate:main',
+        'score a checkpoint on a split: IoU per class, mIoU, Lyft score, confusion matrix',
+    ),
+    'predict': Command(
+        'training.predict:main',
+        'segment images or folders with a checkpoint: colour masks and side-by-side grids',
+    ),
+    'demo': Command(
+        'semseg_ros.demo:main',
+        'run the end-to-end demo on synthetic data and write what it shows to runs/demo/',
+    ),
+    'bench': Command(
+        'semseg_ros.bench:main',
+        'run the benchmarks and print a table (also written as JSON)',
+    ),
+}
+
+_DESCRIPTION = 'semseg_ros: real-time semantic segmentation for CARLA and ROS 2.'
+
+
+def _usage(prog: str, tree: CommandTree) -> str:
+    width = max(len(name) for name in tree) + 2
+    lines = [f'usage: {prog} <command> [options]', '', _DESCRIPTION, '', 'commands:']
+    for name, entry in tree.items():
+        if isinstance(entry, Command):
+            summary = entry.summary
+        else:
+            summary = 'subcommands: ' + ', '.join(entry)
+        lines.append(f'  {name.ljust(width)}{summary}')
+    lines += ['', f'Run "{prog} <command> --help" for the options of a command.']
+    return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = 'semseg') -> int:
+    """Dispatch ``argv`` down the command tree; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    tree: CommandTree = COMMANDS
+    while True:
+        if not args or args[0] in ('-h', '--help'):
+            print(_usage(prog, tree), file=sys.stdout if args else sys.stderr)
+            return 0 if args else 2
+        if args[0] == '--version' and tree is COMMANDS:
+            from semseg_ros import __version__
+
+            print(f'semseg_ros {__version__}')
+            return 0
+        name, args = args[0], args[1:]
+        entry = tree.get(name)
+        if entry is None:
+            print(
+                f'{prog}: unknown command {name!r}; choose from: {", ".join(tree)}',
+                file=sys.stderr,
+            )
+            return 2
+        prog = f'{prog} {name}'
+        if isinstance(entry, Command):
+            return int(entry.load()(args, prog) or 0)
+        tree = entry
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

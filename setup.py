@@ -1,0 +1,66 @@
+"""semseg_ros: an ament_python ROS 2 package that also installs with pip.
+
+`colcon build` reads this file (ROS users); `pip install -e .[train,test]` reads it too
+(people without ROS).  Runtime dependencies stay lean; torch is only in the `train` extra
+and is never pinned here, so GPU users keep their CUDA build.
+"""
+
+from glob import glob
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'semseg_ros'
+SHARE = f'share/{PACKAGE}'
+
+RUNTIME = [
+    'numpy>=1.23',
+    'opencv-python-headless>=4.8',
+    'pyyaml>=6',
+    'onnxruntime>=1.17',
+    'tqdm>=4.60',
+]
+TRAIN = [
+    'torch>=2.3',
+    'tensorboard>=2.14',
+    'matplotlib>=3.7',
+]
+TEST = [
+    'pytest>=8',
+    'pytest-timeout>=2.3',
+    'ruff>=0.6',
+    'torchmetrics>=1.3',
+    'colcon-common-extensions>=0.3',
+    'rosbags>=0.10',  # ROS 2 messages and bags without ROS: the reference for our conversions
+    'rosbags-image>=0.10',  # a cv_bridge port, to check semseg_ros.imaging against
+]
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    description='Real-time semantic segmentation of CARLA camera streams for ROS 2',
+    long_description=(Path(__file__).parent / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    maintainer='semseg_ros developers',
+    maintainer_email='semseg-ros@example.com',
+    python_requires='>=3.10',
+    packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*', 'training', 'training.*']),
+    package_data={'training': ['configs/*.yaml']},
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
+        (SHARE, ['package.xml']),
+        (f'{SHARE}/launch', glob('launch/*.launch.py')),
+        (f'{SHARE}/config', glob('config/*.yaml') + glob('config/*.json') + glob('config/*.rviz')),
+        (f'{SHARE}/config/class_sets', glob('config/class_sets/*.yaml')),
+        (f'{SHARE}/models', glob('models/*.onnx') + glob('models/*.md')),
+    ],
+    install_requires=RUNTIME,
+    extras_require={'train': TRAIN, 'test': TEST},
+    zip_safe=True,
+    entry_points={
+        'console_scripts': [
+            'semseg = semseg_ros.cli:main',
+        ],
+    },
+)
