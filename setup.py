@@ -56,7 +56,8 @@ setup(
         (f'{SHARE}/models', glob('models/*.onnx') + glob('models/*.md')),
     ],
     install_requires=RUNTIME,
-    extras_require={'train': TRAIN, 'test': TEST},
+    # `carla`: the CARLA client for `semseg data collect` (needs a running CARLA server).
+    extras_require={'train': TRAIN, 'test': TEST, 'carla': ['carla==0.9.16']},
     zip_safe=True,
     entry_points={
         'console_scripts': [
