@@ -62,6 +62,7 @@ setup(
     entry_points={
         'console_scripts': [
             'semseg = semseg_ros.cli:main',
+            'semseg_node = semseg_ros.node:main',
         ],
     },
 )
