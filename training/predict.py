@@ -1,0 +1,450 @@
+"""``semseg predict``: segment image files or folders with a checkpoint.
+
+Per image it writes ``NAME_mask.png`` (uint8 class ids, one channel), ``NAME_color.png``
+(palette colours), ``NAME_overlay.png`` and ``NAME_grid.png`` (image | colour mask |
+overlay, plus the ground truth when the image sits in a ``CameraRGB`` folder with a sibling
+``CameraSeg`` holding a label of the same name). Frames go through the one per-frame path,
+:mod:`semseg_ros.pipeline` (prepare -> model -> argmax -> restore_ids), so these masks equal
+what ``semseg evaluate`` scores and what the node publishes.
+
+CLI: ``semseg predict --checkpoint ckpt.pt IMAGES|DIR ... --out DIR`` or
+``python -m training.predict ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from semseg_ros.labels import ClassSet, ClassSetError, get_class_set, remap
+from semseg_ros.pipeline import InputSpec, logits_to_ids, prepare, restore_ids
+from semseg_ros.visualize import caption, contact_sheet, label_panel, legend, overlay, write_rgb
+from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from training.data.lyft import IMAGE_DIR, LABEL_DIR, DatasetError, read_label, read_rgb
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+#: What each image produces in ``--out``: ``NAME`` + suffix.
+OUTPUT_SUFFIXES = ('_mask.png', '_color.png', '_overlay.png', '_grid.png')
+#: Grid tiles narrower than this are enlarged by a whole factor (nearest), for the captions.
+_MIN_TILE_WIDTH = 200
+
+
+class PredictError(ValueError):
+    """Bad input to prediction (device, paths); the message names it and the fix."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:1'``, ...
+
+    Raises :class:`PredictError` when CUDA is asked for but this torch cannot use it.
+    """
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        msg = f'unknown device {name!r}; use cpu, cuda, cuda:N or auto'
+        raise PredictError(msg) from err
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            why = (
+                'this torch build has no CUDA support'
+                if torch.version.cuda is None
+                else f'torch (CUDA {torch.version.cuda}) sees no GPU'
+            )
+            msg = (
+                f'device {name!r} requested but torch.cuda.is_available() is False ({why}); '
+                'use --device cpu (or auto)'
+            )
+            raise PredictError(msg)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            msg = (
+                f'device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are '
+                'visible; use cuda:0 or check CUDA_VISIBLE_DEVICES'
+            )
+            raise PredictError(msg)
+    return device
+
+
+@dataclass
+class BatchResult:
+    """Full-frame class ids of a batch, and where the time went (seconds, whole batch)."""
+
+    ids: list[np.ndarray]  # each (H, W) uint8, the shape of its frame
+    prepare_s: float
+    model_s: float  # host -> device, forward, logits back to the host
+    restore_s: float  # argmax + nearest resize back to the frame
+
+
+class Predictor:
+    """A checkpoint's model behind the per-frame pipeline: RGB frames in, class ids out."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = 'cpu', *, source=''):
+        where = f'checkpoint {source}' if source else 'checkpoint'
+        try:
+            self.class_set: ClassSet = checkpoint.get_class_set()
+            self.spec = InputSpec.from_checkpoint_fields(
+                checkpoint.input_size, checkpoint.label_transform, checkpoint.normalization
+            )
+            num_outputs = checkpoint.get_model_config().num_classes
+        except (ClassSetError, ValueError, KeyError, TypeError) as err:
+            msg = f'{where} has an invalid class set, input size or normalization: {err}'
+            raise CheckpointError(msg) from err
+        if num_outputs != self.class_set.num_classes:
+            msg = (
+                f'{where}: the model has {num_outputs} outputs but its class set '
+                f'{self.class_set.name!r} has {self.class_set.num_classes} classes'
+            )
+            raise CheckpointError(msg)
+        self.checkpoint = checkpoint
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        try:
+            self.model = checkpoint.build_model(self.device)
+        except RuntimeError as err:  # state dict does not fit the recorded model config
+            msg = f'{where}: its weights do not fit its model config ({err})'
+            raise CheckpointError(msg) from err
+        width, height = self.spec.input_size
+        self._buffer = np.empty((0, 3, height, width), np.float32)
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: str | torch.device = 'cpu') -> Predictor:
+        """Load ``path`` (:class:`CheckpointError` when missing or corrupt) on ``device``."""
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        return cls(load_checkpoint(path, map_location='cpu'), device, source=str(path))
+
+    def warm_up(self, batch_size: int = 1, passes: int = 2) -> None:
+        """Untimed forward passes at ``batch_size``, so lazy initialisation (kernel selection,
+        allocator growth) stays out of the timings."""
+        width, height = self.spec.input_size
+        with torch.inference_mode():
+            for _ in range(passes):
+                self.model(torch.zeros((batch_size, 3, height, width), device=self.device))
+        self._sync()
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    def segment(self, frames: Sequence[np.ndarray]) -> BatchResult:
+        """Class ids for a batch of (H, W, 3) uint8 RGB frames (sizes may differ)."""
+        t0 = time.perf_counter()
+        n = len(frames)
+        if self._buffer.shape[0] < n:
+            self._buffer = np.empty((n, *self._buffer.shape[1:]), np.float32)
+        batch = self._buffer[:n]  # (N, 3, h, w)
+        for i, frame in enumerate(frames):
+            prepare(frame, self.spec, out=batch[i])
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(batch).to(self.device))  # (N, C, h, w)
+            logits = logits.float().cpu().numpy()
+        self._sync()
+        t2 = time.perf_counter()
+        small = logits_to_ids(logits)  # (N, h, w) uint8
+        ids = [restore_ids(s, self.spec, f.shape) for s, f in zip(small, frames, strict=True)]
+        t3 = time.perf_counter()
+        return BatchResult(ids, t1 - t0, t2 - t1, t3 - t2)
+
+
+# --- Finding images --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One input image and the stem of its outputs, relative to ``--out``."""
+
+    path: Path
+    out_stem: Path  # e.g. dataA/CameraRGB/000 -> OUT/dataA/CameraRGB/000_mask.png
+
+    def label_path(self) -> Path | None:
+        """The ground-truth label of a Lyft-layout image (``../CameraSeg/NAME``), if any."""
+        if self.path.parent.name != IMAGE_DIR:
+            return None
+        label = self.path.parent.parent / LABEL_DIR / self.path.name
+        return label if label.is_file() else None
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _walk_images(folder: Path, skip: Path | None) -> tuple[list[Path], int]:
+    """Images under ``folder`` (recursive, sorted) and the count of label files left out."""
+    found, labels = [], 0
+    for path in sorted(folder.rglob('*')):
+        rel = path.relative_to(folder).parts
+        if any(part.startswith('.') for part in rel) or not _is_image(path):
+            continue
+        if skip is not None and path.resolve().is_relative_to(skip):
+            continue  # our own outputs when --out lies inside an input folder
+        if LABEL_DIR in rel[:-1]:
+            labels += 1  # CameraSeg holds labels, not camera images
+            continue
+        found.append(path)
+    return found, labels
+
+
+def collect_images(inputs: Iterable[str | Path], out_dir: Path | None = None) -> list[ImageJob]:
+    """Image files and (recursively) folders of png/jpg images, each with an output stem.
+
+    A folder's images keep their path relative to the folder (so the 1000 ``000.png`` of
+    several episodes do not collide); a file given directly is named by its stem. Raises
+    :class:`PredictError` naming a path that does not exist, or all paths when none holds
+    an image.
+    """
+    inputs = [Path(p) for p in inputs]
+    skip = out_dir.resolve() if out_dir is not None else None
+    jobs: list[ImageJob] = []
+    used: set[Path] = set()
+    labels_skipped = 0
+    for given in inputs:
+        if given.is_dir():
+            paths, skipped = _walk_images(given, skip)
+            labels_skipped += skipped
+            stems = [p.relative_to(given).with_suffix('') for p in paths]
+        elif given.is_file():
+            paths, stems = [given], [Path(given.stem)]
+        else:
+            msg = f'{given} does not exist; pass image files (png/jpg) or folders holding them'
+            raise PredictError(msg)
+        for path, stem in zip(paths, stems, strict=True):
+            unique, k = stem, 2
+            while unique in used:  # the same name from two inputs: 000, 000_2, ...
+                unique = stem.with_name(f'{stem.name}_{k}')
+                k += 1
+            used.add(unique)
+            jobs.append(ImageJob(path, unique))
+    if not jobs:
+        shown = ', '.join(str(p) for p in inputs)
+        extra = f' ({labels_skipped} label files in {LABEL_DIR}/ folders skipped)'
+        msg = (
+            f'no images found in {shown}{extra if labels_skipped else ""}; pass .png/.jpg '
+            f'files or folders that hold them (e.g. a {IMAGE_DIR}/ folder)'
+        )
+        raise PredictError(msg)
+    if labels_skipped:
+        print(f'note: skipped {labels_skipped} label files in {LABEL_DIR}/ folders')
+    return jobs
+
+
+# --- Writing results -------------------------------------------------------------------------
+
+
+def prediction_grid(
+    rgb: np.ndarray,
+    ids: np.ndarray,
+    class_set: ClassSet,
+    *,
+    alpha: float = 0.5,
+    gt_ids: np.ndarray | None = None,
+    title: str = 'image',
+) -> np.ndarray:
+    """image | prediction | overlay [| ground truth], captioned, with a legend underneath.
+
+    The legend lists the classes present in the prediction (and ground truth). Shape:
+    (H, W, 3) RGB, (H, W) ids -> (H', 3W or 4W, 3) uint8 RGB.
+    """
+    if rgb.shape[1] < _MIN_TILE_WIDTH:  # tiny frames: enlarge (nearest) so captions fit
+        k = -(-_MIN_TILE_WIDTH // rgb.shape[1])
+        rgb, ids = (np.repeat(np.repeat(a, k, axis=0), k, axis=1) for a in (rgb, ids))
+        if gt_ids is not None:
+            gt_ids = np.repeat(np.repeat(gt_ids, k, axis=0), k, axis=1)
+    row = label_panel(rgb, ids, class_set, alpha=alpha, titles=(title, 'prediction', 'overlay'))
+    present = set(np.unique(ids).tolist())
+    if gt_ids is not None:
+        row = np.hstack([row, caption(class_set.id_to_color(gt_ids), 'ground truth')])
+        present |= set(np.unique(gt_ids).tolist())
+    known = sorted(i for i in present if i < class_set.num_classes)
+    return contact_sheet([row, legend(class_set, width=row.shape[1], ids=known)])
+
+
+def write_prediction(
+    out_stem: Path,
+    rgb: np.ndarray,
+    ids: np.ndarray,
+    class_set: ClassSet,
+    *,
+    alpha: float = 0.5,
+    gt_ids: np.ndarray | None = None,
+    title: str = 'image',
+) -> list[Path]:
+    """Write the four outputs of one image (``OUTPUT_SUFFIXES``); returns their paths."""
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_name(out_stem.name + s) for s in OUTPUT_SUFFIXES]
+    color = class_set.id_to_color(ids)  # (H, W, 3) RGB
+    if not cv2.imwrite(str(paths[0]), ids):  # one channel: the ids themselves
+        raise OSError(f'could not write image {paths[0]}: check the folder exists and is writable')
+    write_rgb(paths[1], color)
+    write_rgb(paths[2], overlay(rgb, color, alpha))
+    grid = prediction_grid(rgb, ids, class_set, alpha=alpha, gt_ids=gt_ids, title=title)
+    write_rgb(paths[3], grid)
+    return paths
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _read_gt(job: ImageJob, gt_set: ClassSet, model_set: ClassSet) -> np.ndarray | None:
+    label_path = job.label_path()
+    if label_path is None:
+        return None
+    gt = read_label(label_path)
+    return gt if gt_set is model_set else remap(gt, gt_set, model_set)
+
+
+def predict(
+    predictor: Predictor,
+    jobs: Sequence[ImageJob],
+    out_dir: Path,
+    *,
+    batch_size: int = 1,
+    alpha: float = 0.5,
+    gt_class_set: ClassSet | None = None,
+) -> tuple[int, list[tuple[Path, str]]]:
+    """Segment ``jobs`` and write their outputs under ``out_dir``.
+
+    Returns ``(images written, [(path, reason), ...] for images that failed)``; an image
+    that cannot be read or whose ground truth is broken is reported and skipped.
+    """
+    model_set = predictor.class_set
+    gt_set = gt_class_set or model_set
+    failed: list[tuple[Path, str]] = []
+    written = 0
+    for batch in _batches(jobs, batch_size):
+        frames, ok = [], []
+        for job in batch:
+            try:
+                frames.append(read_rgb(job.path))
+            except DatasetError as err:
+                print(f'skipping {job.path}: {err}', file=sys.stderr)
+                failed.append((job.path, str(err)))
+                continue
+            ok.append(job)
+        if not frames:
+            continue
+        result = predictor.segment(frames)
+        for job, rgb, ids in zip(ok, frames, result.ids, strict=True):
+            try:
+                gt = _read_gt(job, gt_set, model_set)
+                if gt is not None and gt.shape != ids.shape:
+                    print(
+                        f'note: label {job.label_path()} is {gt.shape[1]}x{gt.shape[0]}, the '
+                        f'image {ids.shape[1]}x{ids.shape[0]}; ground-truth panel left out',
+                        file=sys.stderr,
+                    )
+                    gt = None
+            except (DatasetError, ClassSetError) as err:
+                print(f'note: ground truth of {job.path} left out: {err}', file=sys.stderr)
+                gt = None
+            write_prediction(
+                out_dir / job.out_stem,
+                rgb,
+                ids,
+                model_set,
+                alpha=alpha,
+                gt_ids=gt,
+                title=job.path.name,
+            )
+            written += 1
+    return written, failed
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
+    return value
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f'expected a number in 0..1, got {text!r}') from err
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'alpha must be within 0..1, got {value}')
+    return value
+
+
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            'Segment images with a checkpoint. Writes NAME_mask.png (class ids), '
+            'NAME_color.png, NAME_overlay.png and NAME_grid.png per image; folders are '
+            'searched recursively for .png/.jpg (CameraSeg label folders are skipped).'
+        ),
+    )
+    parser.add_argument('inputs', nargs='+', type=Path, help='image files and/or folders')
+    parser.add_argument('--checkpoint', type=Path, required=True, help='a training checkpoint')
+    parser.add_argument('--out', type=Path, required=True, help='output folder')
+    parser.add_argument('--limit', type=_positive_int, help='only the first N images')
+    parser.add_argument('--batch-size', type=_positive_int, default=1, help='default 1')
+    parser.add_argument(
+        '--device', default='auto', help='cpu, cuda, cuda:N or auto (default: auto)'
+    )
+    parser.add_argument(
+        '--alpha', type=_alpha, default=0.5, help='overlay opacity of the mask (default 0.5)'
+    )
+    parser.add_argument(
+        '--gt-class-set',
+        help="class set of CameraSeg labels when it differs from the model's (e.g. carla23)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``semseg predict``: 0 all written, 1 some images failed, 2 bad input (nothing run)."""
+    parser = _parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
+        return int(err.code or 0)
+    try:
+        jobs = collect_images(args.inputs, args.out)
+        if args.limit is not None:
+            jobs = jobs[: args.limit]
+        gt_set = get_class_set(args.gt_class_set) if args.gt_class_set else None
+        predictor = Predictor.from_path(args.checkpoint, args.device)
+    except (PredictError, CheckpointError, ClassSetError) as err:
+        print(f'{parser.prog}: error: {err}', file=sys.stderr)
+        return 2
+    print(
+        f'{len(jobs)} image(s), model {predictor.class_set.name} '
+        f'{predictor.spec.input_size[0]}x{predictor.spec.input_size[1]} on {predictor.device}'
+    )
+    written, failed = predict(
+        predictor,
+        jobs,
+        args.out,
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        gt_class_set=gt_set,
+    )
+    print(f'wrote {written} image(s) x {len(OUTPUT_SUFFIXES)} files to {args.out}')
+    if failed:
+        print(f'{parser.prog}: {len(failed)} image(s) failed:', file=sys.stderr)
+        for path, _ in failed:
+            print(f'  {path}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
