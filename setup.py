@@ -24,7 +24,11 @@ TRAIN = [
     'torch>=2.3',
     'tensorboard>=2.14',
     'matplotlib>=3.7',
+    'onnx>=1.16',  # export: onnx.checker, graph edits; the runtime reads metadata without it
+    'sympy',  # onnxruntime's quantization tools import it
 ]
+# TensorRT engines and GPU onnxruntime, for the GPU machine that runs the node.
+GPU = ['tensorrt>=10', 'pycuda>=2024.1', 'onnxruntime-gpu>=1.17']
 TEST = [
     'pytest>=8',
     'pytest-timeout>=2.3',
@@ -33,7 +37,11 @@ TEST = [
     'colcon-common-extensions>=0.3',
     'rosbags>=0.10',  # ROS 2 messages and bags without ROS: the reference for our conversions
     'rosbags-image>=0.10',  # a cv_bridge port, to check semseg_ros.imaging against
+    'cyclonedds>=0.10',
 ]
+# ROS 2 without a ROS install: the standalone node, replay and record speak DDS through
+# Cyclone DDS; bags are read and written with rosbags.
+DDS = ['cyclonedds>=0.10', 'rosbags>=0.10']
 
 setup(
     name=PACKAGE,
@@ -57,7 +65,14 @@ setup(
     ],
     install_requires=RUNTIME,
     # `carla`: the CARLA client for `semseg data collect` (needs a running CARLA server).
-    extras_require={'train': TRAIN, 'test': TEST, 'carla': ['carla==0.9.16']},
+    extras_require={
+        'train': TRAIN,
+        'test': TEST,
+        'dds': DDS,
+        'gpu': GPU,
+        'bag': ['rosbags>=0.10'],
+        'carla': ['carla==0.9.16'],
+    },
     zip_safe=True,
     entry_points={
         'console_scripts': [

@@ -46,6 +46,7 @@ from semseg_ros.imaging import (
 )
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set, mapping_lut
 from semseg_ros.metrics import ConfusionMatrix
+from semseg_ros.segmenter import LatencyStats
 from semseg_ros.visualize import overlay as blend
 
 NODE_NAME = 'semseg_node'
@@ -365,38 +366,6 @@ class RateMeter:
                 return 0.0
             span = self._times[-1] - self._times[0]
             return (len(self._times) - 1) / span if span > 0 else 0.0
-
-
-class LatencyStats:
-    """Percentiles of the last ``window`` latencies in seconds (thread-safe)."""
-
-    def __init__(self, window: int = 200) -> None:
-        if window < 1:
-            raise ValueError(f'window must be at least 1, got {window}')
-        self._values: deque[float] = deque(maxlen=window)
-        self._lock = threading.Lock()
-
-    def add(self, seconds: float) -> None:
-        with self._lock:
-            self._values.append(float(seconds))
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._values)
-
-    def percentile(self, q: float) -> float:
-        """The ``q``-th percentile (0..100, linear interpolation); NaN when empty."""
-        with self._lock:
-            values = np.array(self._values, np.float64)
-        return float(np.percentile(values, q)) if values.size else float('nan')
-
-    @property
-    def p50(self) -> float:
-        return self.percentile(50)
-
-    @property
-    def p99(self) -> float:
-        return self.percentile(99)
 
 
 def stamp_of(header: Any) -> Stamp:

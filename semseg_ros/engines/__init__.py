@@ -1,0 +1,146 @@
+"""Inference backends behind one interface (:class:`Engine`), and the choice among them.
+
+=============  ===============================================  ==========================
+backend        runs                                             needs
+=============  ===============================================  ==========================
+onnxruntime    ``.onnx`` on CPU, or CUDA / TensorRT providers   onnxruntime (-gpu)
+tensorrt       ``.engine`` (built from ``.onnx`` and cached)    tensorrt, pycuda, a GPU
+torch          ``.pt`` checkpoint (or the ONNX's recorded one)  torch + the training package
+=============  ===============================================  ==========================
+
+``backend='auto'`` picks the fastest one available for the file and the machine: on a GPU
+TensorRT, else onnxruntime's GPU providers, else PyTorch on CUDA; on CPU onnxruntime
+(faster than PyTorch eager: see ``make bench``). The engine's
+``selection`` says what was chosen and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
+from semseg_ros.model_file import ENGINE_SUFFIX, ModelInfo, read_model_info
+
+BACKENDS = ('auto', 'onnxruntime', 'tensorrt', 'torch')
+DEVICES = ('auto', 'cpu', 'cuda')
+
+__all__ = [
+    'BACKENDS',
+    'DEVICES',
+    'BackendUnavailableError',
+    'Engine',
+    'EngineError',
+    'available_backends',
+    'create_engine',
+]
+
+
+def available_backends() -> dict[str, str]:
+    """``{backend: ''}`` when usable here, else ``{backend: why not}``."""
+    from semseg_ros.engines.onnxruntime_engine import available_providers
+    from semseg_ros.engines.tensorrt_engine import tensorrt_available
+
+    status: dict[str, str] = {}
+    try:
+        status['onnxruntime'] = '' if available_providers() else 'no execution provider'
+    except ImportError:
+        status['onnxruntime'] = 'onnxruntime is not installed'
+    ok, why = tensorrt_available()
+    status['tensorrt'] = '' if ok else why
+    try:
+        import torch  # noqa: F401
+
+        status['torch'] = ''
+    except ImportError:
+        status['torch'] = 'torch is not installed'
+    return status
+
+
+def _load_info(path: Path) -> ModelInfo:
+    from semseg_ros.engines.torch_engine import CHECKPOINT_SUFFIXES, load_checkpoint_model
+
+    if path.suffix in CHECKPOINT_SUFFIXES and path.is_file():
+        return load_checkpoint_model(path)[1]
+    return read_model_info(path)
+
+
+def create_engine(
+    model_path: str | Path | ModelInfo,
+    backend: str = 'auto',
+    device: str = 'auto',
+    **options: Any,
+) -> Engine:
+    """An :class:`Engine` for ``model_path`` (``.onnx``, ``.engine`` or ``.pt``).
+
+    ``options`` go to the backend: ``threads`` (onnxruntime, torch), ``fp16`` /
+    ``channels_last`` (torch), ``workspace_gb`` / ``max_batch`` / ``max_size`` (TensorRT
+    builds). Raises :class:`~semseg_ros.model_file.ModelFileError` for a bad file and
+    :class:`BackendUnavailableError` when the requested backend cannot run here.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    if device not in DEVICES and not str(device).startswith('cuda:'):
+        raise ValueError(f'device must be one of {DEVICES} (or cuda:N), got {device!r}')
+    info = model_path if isinstance(model_path, ModelInfo) else _load_info(Path(model_path))
+    if backend == 'auto':
+        backend, why = _choose(info, device)
+    else:
+        why = 'requested'
+    engine = _build(backend, info, device, options)
+    engine.selection = f'{engine.name}: {why}'
+    return engine
+
+
+def _choose(info: ModelInfo, device: str) -> tuple[str, str]:
+    from semseg_ros.engines.onnxruntime_engine import GPU_PROVIDERS, available_providers
+    from semseg_ros.engines.tensorrt_engine import tensorrt_available
+    from semseg_ros.engines.torch_engine import CHECKPOINT_SUFFIXES, cuda_available
+
+    suffix = info.path.suffix
+    if suffix == ENGINE_SUFFIX:
+        return 'tensorrt', 'a TensorRT engine file'
+    if suffix in CHECKPOINT_SUFFIXES:
+        return 'torch', 'a PyTorch checkpoint (export it to ONNX for the faster backends)'
+    if device == 'cpu':
+        return 'onnxruntime', 'device=cpu: onnxruntime is the fastest CPU backend'
+    trt_ok, trt_why = tensorrt_available()
+    if trt_ok and info.precision != 'int8':
+        return 'tensorrt', 'GPU with TensorRT: fastest'
+    gpu_providers = [p for p in available_providers() if p in GPU_PROVIDERS]
+    if gpu_providers:
+        return 'onnxruntime', f'GPU via onnxruntime {gpu_providers[0]} ({trt_why})'
+    if cuda_available() and info.provenance.get('checkpoint'):
+        checkpoint = Path(info.provenance['checkpoint'])
+        if checkpoint.is_file():
+            return 'torch', f'GPU via PyTorch CUDA ({trt_why}; no onnxruntime GPU provider)'
+    if device == 'cuda':
+        msg = (
+            f'device=cuda but no GPU backend can run {info.path}: {trt_why}; onnxruntime has no '
+            "CUDA provider (pip install onnxruntime-gpu). Use device='cpu'"
+        )
+        raise BackendUnavailableError(msg)
+    return 'onnxruntime', f'no GPU backend here ({trt_why}): onnxruntime on CPU'
+
+
+def _build(backend: str, info: ModelInfo, device: str, options: dict[str, Any]) -> Engine:
+    if backend == 'onnxruntime':
+        from semseg_ros.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+        if info.path.suffix != '.onnx' and info.path.suffix not in ('', '.ort'):
+            raise BackendUnavailableError(f'backend onnxruntime runs .onnx files, not {info.path}')
+        return OnnxRuntimeEngine(info, device=device, threads=options.get('threads'))
+    if backend == 'tensorrt':
+        from semseg_ros.engines.tensorrt_engine import TensorRTEngine, engine_for
+
+        if device == 'cpu':
+            raise ValueError("backend tensorrt runs on a GPU; use device='cuda' or 'auto'")
+        build = {k: options[k] for k in ('workspace_gb', 'max_batch', 'max_size') if k in options}
+        index = int(str(device).split(':')[1]) if str(device).startswith('cuda:') else 0
+        return TensorRTEngine(
+            engine_for(info.path, device_index=index, **build), device_index=index
+        )
+    from semseg_ros.engines.torch_engine import TorchEngine
+
+    torch_options = {k: options[k] for k in ('fp16', 'channels_last', 'threads') if k in options}
+    return TorchEngine.from_model_info(info, device=device, **torch_options)

@@ -1,0 +1,272 @@
+"""The per-frame path, owned by one object: the node, the bag tool and the evaluator call it.
+
+::
+
+    frame (H, W, 3|4) uint8 ── decode (to RGB) ── prepare: crop rows, resize, normalize ──▶
+    engine (any backend) ── argmax (uint8) ── restore_ids: nearest resize back ──▶ ids (H, W)
+                                     colorize (palette LUT) / overlay: only when asked for
+
+The geometry is :mod:`semseg_ros.pipeline`'s (shared with training's evaluate / predict);
+this module adds the reusable buffers, the timings and lazy outputs. numpy + OpenCV only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semseg_ros.engines import Engine, create_engine
+from semseg_ros.imaging import to_rgb
+from semseg_ros.labels import ClassSet
+from semseg_ros.model_file import ModelInfo
+from semseg_ros.pipeline import InputSpec, prepare, restore_ids
+from semseg_ros.visualize import overlay as blend
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent per stage of one frame (a batch's stages are split evenly)."""
+
+    pre: float = 0.0  # decode + crop + resize + normalize
+    infer: float = 0.0  # the engine
+    post: float = 0.0  # argmax + resize back
+
+    @property
+    def total(self) -> float:
+        return self.pre + self.infer + self.post
+
+
+@dataclass
+class SegmentResult:
+    """One frame's class ids and timings; colour mask and overlay computed on first use."""
+
+    ids: np.ndarray  # (H, W) uint8, full frame
+    timings: Timings
+    rgb: np.ndarray | None = field(default=None, repr=False)  # the decoded frame, for overlay
+    _segmenter: Segmenter | None = field(default=None, repr=False)
+    _color: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def color(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB palette image (computed once, on first access)."""
+        if self._color is None:
+            assert self._segmenter is not None
+            self._color = self._segmenter.colorize(self.ids)
+        return self._color
+
+    def overlay(self, alpha: float = 0.5) -> np.ndarray:
+        """(H, W, 3) uint8 RGB: the frame with the colour mask blended in at ``alpha``."""
+        if self.rgb is None:
+            raise ValueError('this result kept no frame; call Segmenter.overlay(rgb, ids)')
+        return blend(self.rgb, self.color, alpha)
+
+
+class LatencyStats:
+    """Rolling latency percentiles and rate over the last ``window`` samples (seconds).
+
+    The one latency statistic of the project (benchmarks, the bag tool, ``/diagnostics``).
+    Thread-safe: the node's worker adds while its diagnostics timer reads. ``add`` is O(1);
+    the read-outs copy and sort the window.
+    """
+
+    def __init__(self, window: int = 1000) -> None:
+        if window < 1:
+            raise ValueError(f'window must be >= 1, got {window}')
+        self._samples: deque[float] = deque(maxlen=window)
+        self._stamps: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, seconds: float, *, stamp: float | None = None) -> None:
+        with self._lock:
+            self._samples.append(float(seconds))
+            self._stamps.append(time.monotonic() if stamp is None else stamp)
+            self.count += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._samples)
+
+    def _values(self) -> np.ndarray:
+        with self._lock:
+            return np.array(self._samples, np.float64)
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0..100) in seconds; NaN before any sample."""
+        values = self._values()
+        return float(np.percentile(values, q)) if values.size else float('nan')
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(99)
+
+    def rate(self) -> float:
+        """Samples per second over the window's time span (NaN with < 2 samples)."""
+        with self._lock:
+            stamps = list(self._stamps)
+        if len(stamps) < 2 or stamps[-1] <= stamps[0]:
+            return float('nan')
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    def summary(self, scale: float = 1e3) -> dict[str, float]:
+        """p50 / p90 / p99 / mean / max (milliseconds by default) and the count."""
+        values = self._values() * scale
+        if not values.size:
+            return {'count': 0}
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return {
+            'count': self.count,
+            'p50': float(p50),
+            'p90': float(p90),
+            'p99': float(p99),
+            'mean': float(values.mean()),
+            'max': float(values.max()),
+        }
+
+
+class Segmenter:
+    """Frames in, full-frame class ids out, through any :class:`Engine`.
+
+    Thread-safe (one frame at a time: the input buffer is reused). Every returned array is
+    new; only internal buffers are reused.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        input_spec: InputSpec | None = None,
+        fill_id: int = 0,
+    ) -> None:
+        self.engine = engine
+        #: The model's input spec; pass one to run a fully convolutional model at another
+        #: size (benchmarks), at the cost of accuracy it was not trained for.
+        self.input_spec = input_spec or engine.info.input_spec
+        self.fill_id = int(fill_id)
+        width, height = self.input_spec.input_size
+        self._batch = np.empty((1, 3, height, width), np.float32)  # (1, 3, h, w), reused
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_model(
+        cls,
+        model_path: str | Path,
+        backend: str = 'auto',
+        device: str = 'auto',
+        **options: Any,
+    ) -> Segmenter:
+        """Load from the model file alone (ONNX metadata, engine sidecar or checkpoint).
+
+        ``options`` go to :func:`~semseg_ros.engines.create_engine` (``threads``, ``fp16``,
+        ...), except ``input_spec`` (an :class:`InputSpec` overriding the model's own).
+        """
+        input_spec = options.pop('input_spec', None)
+        engine = create_engine(model_path, backend=backend, device=device, **options)
+        return cls(engine, input_spec=input_spec)
+
+    # --- what the model is -----------------------------------------------------------------
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.engine.info
+
+    @property
+    def class_set(self) -> ClassSet:
+        return self.engine.info.class_set
+
+    @property
+    def backend_name(self) -> str:
+        return self.engine.name
+
+    @property
+    def selection(self) -> str:
+        """Which backend ``auto`` chose and why (or 'requested')."""
+        return self.engine.selection or self.engine.name
+
+    # --- the per-frame path ----------------------------------------------------------------
+
+    def _decode(self, frame: np.ndarray, encoding: str) -> np.ndarray:
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.dtype != np.uint8:
+            if encoding == 'mono8' and frame.ndim == 2:
+                return to_rgb(frame, encoding)
+            msg = (
+                f'Segmenter expects an (H, W, 3) uint8 {encoding} frame, got {frame.dtype} '
+                f'{frame.shape}; pass encoding= for bgra8/bgr8/rgba8/mono8 camera images'
+            )
+            raise ValueError(msg)
+        channels = 4 if encoding in ('bgra8', 'rgba8') else 3
+        if frame.shape[2] != channels:
+            msg = (
+                f'a {encoding} frame has {channels} channels, this one has {frame.shape[2]} '
+                f'(shape {frame.shape}); set encoding to what the camera sends (e.g. '
+                "encoding='bgra8' for the CARLA bridge)"
+            )
+            raise ValueError(msg)
+        return to_rgb(frame, encoding)
+
+    def segment(self, frame: np.ndarray, *, encoding: str = 'rgb8') -> SegmentResult:
+        """One frame -> :class:`SegmentResult`. Shape: (H, W, 3|4) uint8 -> ids (H, W) uint8."""
+        with self._lock:
+            t0 = time.perf_counter()
+            rgb = self._decode(frame, encoding)
+            prepare(rgb, self.input_spec, out=self._batch[0])
+            t1 = time.perf_counter()
+            small = self.engine.infer_ids(self._batch)[0]  # (h, w) uint8
+            t2 = time.perf_counter()
+            ids = restore_ids(small, self.input_spec, rgb.shape, self.fill_id)  # (H, W)
+            t3 = time.perf_counter()
+        return SegmentResult(ids, Timings(t1 - t0, t2 - t1, t3 - t2), rgb, self)
+
+    def segment_batch(
+        self, frames: Sequence[np.ndarray], *, encoding: str = 'rgb8'
+    ) -> list[SegmentResult]:
+        """Several frames through the engine in one batch (offline tools; not the node)."""
+        if not frames:
+            return []
+        width, height = self.input_spec.input_size
+        t0 = time.perf_counter()
+        rgbs = [self._decode(f, encoding) for f in frames]
+        batch = np.empty((len(rgbs), 3, height, width), np.float32)  # (N, 3, h, w)
+        for i, rgb in enumerate(rgbs):
+            prepare(rgb, self.input_spec, out=batch[i])
+        t1 = time.perf_counter()
+        with self._lock:
+            small = self.engine.infer_ids(batch)  # (N, h, w) uint8
+        t2 = time.perf_counter()
+        ids = [
+            restore_ids(s, self.input_spec, r.shape, self.fill_id)
+            for s, r in zip(small, rgbs, strict=True)
+        ]
+        t3 = time.perf_counter()
+        n = len(rgbs)
+        timings = Timings((t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n)
+        return [SegmentResult(i, timings, r, self) for i, r in zip(ids, rgbs, strict=True)]
+
+    # --- pictures (only computed when someone wants them) ------------------------------------
+
+    def colorize(self, ids: np.ndarray) -> np.ndarray:
+        """Palette LUT. Shape: (H, W) uint8 -> (H, W, 3) uint8 RGB."""
+        return self.class_set.id_to_color(ids)
+
+    def overlay(self, rgb: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """(H, W, 3) uint8 RGB frame + ids -> the colour mask blended in at ``alpha``."""
+        return blend(rgb, self.colorize(ids), alpha)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __repr__(self) -> str:
+        w, h = self.input_spec.input_size
+        return f'<Segmenter {self.backend_name} {self.class_set.name} {w}x{h}>'

@@ -1,0 +1,677 @@
+"""``semseg export``: checkpoint -> self-describing ONNX (+ FP16, INT8 and TensorRT variants).
+
+Exporter: the **TorchScript-based exporter** (``torch.onnx.export(..., dynamo=False)``),
+chosen deliberately. The UNet pads its input to a multiple of ``2 ** depth`` with size
+arithmetic on ``x.shape``; the tracer records that arithmetic as graph ops, so one graph
+serves every height, width and batch size (checked below at a size other than the exported
+one). The dynamo exporter (``torch.export``) cannot yet prove the padded sizes divisible
+with dynamic H, W and would need a fixed-size graph per resolution. Opset 17 (the first
+with ``LayerNormalization``, supported by onnxruntime >= 1.12 and TensorRT >= 8.6).
+
+Outputs, all with float32 ``image`` (N, 3, H, W) in and float32 ``logits`` (N, C, H, W) out,
+dynamic N, H, W, and the metadata of :mod:`semseg_ros.model_file`:
+
+* ``MODEL.onnx``       FP32; verified with ``onnx.checker`` and onnxruntime vs torch
+                       (max abs diff, argmax agreement) at another input size;
+* ``MODEL.fp16.onnx``  (``--fp16``) FP16 weights and arithmetic, FP32 I/O, for GPUs
+                       (TensorRT 11 takes its precision from it); argmax agreement vs FP32;
+* ``MODEL.int8.onnx``  (``--int8``) static INT8 (QDQ, per-channel weights, uint8
+                       activations) for CPUs, calibrated on training images, with the mIoU
+                       of FP32 and INT8 on held-out frames;
+* ``MODEL.<gpu>-...engine`` (``--tensorrt``) a TensorRT engine built and cached next to it.
+
+CLI: ``semseg export --checkpoint runs/train/x/best.pt --out models/x.onnx --fp16 --int8``
+or ``python -m training.export ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semseg_ros import __version__
+from semseg_ros.labels import ClassSet
+from semseg_ros.metrics import ConfusionMatrix
+from semseg_ros.model_file import (
+    ModelFileError,
+    ModelInfo,
+    file_sha256,
+    metadata_dict,
+    read_model_info,
+)
+from semseg_ros.pipeline import InputSpec, prepare
+from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+
+DEFAULT_OPSET = 17
+INPUT_NAME = 'image'
+OUTPUT_NAME = 'logits'
+#: An FP16 / INT8 model must pick the FP32 model's class on at least this share of pixels.
+MIN_FP16_AGREEMENT = 0.99
+
+
+class ExportError(RuntimeError):
+    """Export or its verification failed; the message says what and how to fix it."""
+
+
+# --- Checkpoint -> metadata ------------------------------------------------------------------
+
+
+def input_spec_of(checkpoint: Checkpoint) -> InputSpec:
+    return InputSpec.from_checkpoint_fields(
+        checkpoint.input_size, checkpoint.label_transform, checkpoint.normalization
+    )
+
+
+def provenance_of(checkpoint: Checkpoint, path: str | Path) -> dict[str, Any]:
+    """Where a model came from: checkpoint, training config and data, metrics, tools."""
+    config = checkpoint.train_config or {}
+    data = config.get('data') if isinstance(config.get('data'), dict) else {}
+    best = checkpoint.best_miou
+    return {
+        'checkpoint': str(path),
+        'checkpoint_sha256': file_sha256(path),
+        'epoch': checkpoint.epoch,
+        'step': checkpoint.step,
+        'best_miou': float(best) if np.isfinite(best) else None,
+        'metrics': checkpoint.metrics,
+        'train_config': config.get('name'),
+        'dataset': {k: data.get(k) for k in ('data_dir', 'manifest', 'synthetic') if k in data},
+        'model_config': checkpoint.model_config,
+        'exporter': f'torch.onnx TorchScript exporter (dynamo=False), torch {torch.__version__}',
+        'semseg_ros': __version__,
+        'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+    }
+
+
+def model_info_from_checkpoint(checkpoint: Checkpoint, path: str | Path) -> ModelInfo:
+    """A :class:`ModelInfo` for a checkpoint (what the torch engine runs)."""
+    return ModelInfo(
+        path=Path(path),
+        class_set=checkpoint.get_class_set(),
+        input_spec=input_spec_of(checkpoint),
+        provenance={'checkpoint': str(path)},
+    )
+
+
+# --- FP32 export + verification -------------------------------------------------------------
+
+
+@dataclass
+class Verification:
+    """onnxruntime vs torch on one random input of ``shape``."""
+
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    argmax_agreement: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.argmax_agreement >= 0.9999
+
+
+def _verify_shape(spec: InputSpec, multiple: int) -> tuple[int, int, int, int]:
+    """A batch-2 input whose size differs from the exported one and is not a padding multiple."""
+    width, height = spec.input_size
+    return 2, 3, height + multiple // 2 + 3, width - multiple // 2 + 5
+
+
+def verify_onnx(
+    model: torch.nn.Module, onnx_path: Path, shape: Sequence[int], *, tolerance: float = 1e-3
+) -> Verification:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal(tuple(shape)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()  # (N, C, H, W)
+    session = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    if got.shape != expected.shape:
+        msg = f'{onnx_path}: onnxruntime gives {got.shape}, torch {expected.shape} for {shape}'
+        raise ExportError(msg)
+    agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
+    return Verification(tuple(shape), float(np.abs(got - expected).max()), agreement, tolerance)
+
+
+def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: str) -> None:
+    import onnx
+
+    del model_proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    model_proto.producer_name = 'semseg_ros'
+    model_proto.producer_version = __version__
+    model_proto.doc_string = doc
+    onnx.checker.check_model(model_proto, full_check=True)
+    tmp = out.with_name(out.name + '.tmp')
+    onnx.save(model_proto, str(tmp))
+    tmp.replace(out)  # atomic: a node never loads half a model
+
+
+def export_onnx(
+    checkpoint_path: str | Path,
+    out: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+) -> tuple[ModelInfo, Verification | None]:
+    """Export a checkpoint to ONNX with metadata; verify it at another input size.
+
+    Returns the written model's :class:`ModelInfo` (read back from the file) and the
+    verification. Raises :class:`ExportError` when the check fails.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ExportError(f'opset {opset} is too old; use --opset 17 or newer')
+    checkpoint_path, out = Path(checkpoint_path), Path(out)
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = checkpoint.build_model('cpu')
+    spec = input_spec_of(checkpoint)
+    width, height = spec.input_size
+    example = torch.zeros(1, 3, height, width)
+    dynamic = {0: 'batch', 2: 'height', 3: 'width'}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + '.export.tmp')
+    with warnings.catch_warnings():
+        # The legacy exporter is deliberate (see the module docstring); its notice is noise.
+        warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
+        warnings.filterwarnings('ignore', category=DeprecationWarning)
+        warnings.filterwarnings('ignore', message='.*will be removed.*')
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
+            do_constant_folding=True,
+        )
+    try:
+        proto = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+    class_set = checkpoint.get_class_set()
+    meta = metadata_dict(
+        class_set,
+        spec,
+        precision='fp32',
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        provenance=provenance_of(checkpoint, checkpoint_path),
+    )
+    doc = (
+        f'semseg_ros UNet, {class_set.name} ({class_set.num_classes} classes), input '
+        f'{width}x{height} after cropping rows {spec.crop_top}/{spec.crop_bottom}; '
+        'image (N, 3, H, W) float32 normalized -> logits (N, C, H, W) float32'
+    )
+    _save_with_metadata(proto, out, meta, doc)
+    verification = None
+    if verify:
+        verification = verify_onnx(model, out, _verify_shape(spec, model.config.size_multiple))
+        if not verification.ok:
+            msg = (
+                f'{out}: onnxruntime and torch disagree at input {verification.shape}: max abs '
+                f'diff {verification.max_abs_diff:.2e} (tolerance {verification.tolerance}), '
+                f'argmax agreement {verification.argmax_agreement:.5f}'
+            )
+            raise ExportError(msg)
+    return read_model_info(out), verification
+
+
+def variant_path(onnx_path: str | Path, precision: str) -> Path:
+    """``model.onnx`` -> ``model.fp16.onnx`` / ``model.int8.onnx``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(f'{onnx_path.stem}.{precision}{onnx_path.suffix}')
+
+
+def _set_precision(proto: Any, precision: str, extra: dict[str, Any]) -> dict[str, str]:
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta['precision'] = precision
+    provenance = json.loads(meta.get('provenance', '{}'))
+    provenance.update(extra)
+    meta['provenance'] = json.dumps(provenance, default=str)
+    return meta
+
+
+def _argmax_agreement(a: Path, b: Path, inputs: Iterable[np.ndarray]) -> float:
+    import onnxruntime as ort
+
+    sa = ort.InferenceSession(str(a), providers=['CPUExecutionProvider'])
+    sb = ort.InferenceSession(str(b), providers=['CPUExecutionProvider'])
+    same = total = 0
+    for x in inputs:
+        ia = sa.run(None, {INPUT_NAME: x})[0].argmax(1)
+        ib = sb.run(None, {INPUT_NAME: x})[0].argmax(1)
+        same += int(np.count_nonzero(ia == ib))
+        total += ia.size
+    return same / max(total, 1)
+
+
+# --- FP16 -----------------------------------------------------------------------------------
+
+
+def _topological_sort(graph: Any) -> None:
+    """Reorder ``graph.node`` so every node follows its inputs' producers (in place).
+
+    onnxruntime's FP16 converter appends its input casts at the end; the checker (rightly)
+    wants a sorted graph. Subgraphs are not used by the UNet.
+    """
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {''}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            names = [n.name or n.op_type for n in pending[:5]]
+            raise ExportError(f'graph has a cycle or a missing input around nodes {names}')
+        for node in ready:
+            known.update(node.output)
+        ordered += ready
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> tuple[Path, float]:
+    """FP16 weights and arithmetic with FP32 I/O; returns (path, argmax agreement vs FP32).
+
+    Uses onnxruntime's own converter (``onnxruntime.transformers.float16``), so no extra
+    package. ``keep_io_types``: the runtime feeds and reads float32 either way.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx_path = Path(onnx_path)
+    out = Path(out) if out is not None else variant_path(onnx_path, 'fp16')
+    info = read_model_info(onnx_path)
+    proto = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    _topological_sort(proto.graph)
+    meta = _set_precision(proto, 'fp16', {'fp16_from': onnx_path.name})
+    _save_with_metadata(proto, out, meta, proto.doc_string + ' [FP16 weights, FP32 I/O]')
+    width, height = info.input_spec.input_size
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((1, 3, height, width)).astype(np.float32) for _ in range(2)]
+    return out, _argmax_agreement(onnx_path, out, inputs)
+
+
+# --- INT8 -----------------------------------------------------------------------------------
+
+
+def calibration_frames(
+    checkpoint: Checkpoint, checkpoint_path: Path, count: int, split: str = 'train'
+) -> tuple[list[np.ndarray], ClassSet]:
+    """Up to ``count`` RGB frames of the checkpoint's training split, evenly spaced."""
+    from training.data.lyft import read_rgb
+    from training.evaluate import data_source_from_checkpoint, load_split
+
+    source = data_source_from_checkpoint(checkpoint, checkpoint_path)
+    if source is None:
+        msg = (
+            f'{checkpoint_path} records no training data location; INT8 calibration needs '
+            'training images: pass --calibration-data DIR (a dataset folder or manifest)'
+        )
+        raise ExportError(msg)
+    data = load_split(source, split)
+    picks = np.linspace(0, len(data.samples) - 1, min(count, len(data.samples))).round()
+    return [read_rgb(data.samples[int(i)].rgb) for i in picks], data.class_set
+
+
+class _FrameReader:
+    """onnxruntime's CalibrationDataReader protocol over prepared frames."""
+
+    def __init__(self, frames: Sequence[np.ndarray], spec: InputSpec) -> None:
+        self._iter = iter([{INPUT_NAME: prepare(f, spec)[None]} for f in frames])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:  # pragma: no cover - part of the protocol, unused by MinMax
+        pass
+
+
+def quantize_int8(
+    onnx_path: str | Path, frames: Sequence[np.ndarray], out: str | Path | None = None
+) -> Path:
+    """Static INT8 (QDQ) quantization calibrated on ``frames`` (full RGB camera frames).
+
+    Per-channel int8 weights, uint8 activations (the fast u8s8 kernels on x86), MinMax
+    calibration on the same prepared input the runtime feeds.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnx_path = Path(onnx_path)
+    out = Path(out) if out is not None else variant_path(onnx_path, 'int8')
+    if not frames:
+        raise ExportError('INT8 calibration needs at least one frame')
+    info = read_model_info(onnx_path)
+    pre = out.with_name(out.name + '.pre.tmp')
+    raw = out.with_name(out.name + '.q.tmp')
+    try:
+        # Symbolic shape inference cannot resolve the padding arithmetic; ONNX's is enough.
+        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(raw),
+            _FrameReader(frames, info.input_spec),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        proto = onnx.load(str(raw))
+    finally:
+        pre.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
+    extra = {'int8_from': onnx_path.name, 'int8_calibration_frames': len(frames)}
+    meta = _set_precision(proto, 'int8', extra)
+    _save_with_metadata(proto, out, meta, f'{proto.doc_string} [INT8 QDQ]'.strip())
+    return out
+
+
+def model_miou(
+    model_path: str | Path,
+    samples: Sequence[Any],
+    label_class_set: ClassSet,
+    *,
+    backend: str = 'onnxruntime',
+) -> float:
+    """mIoU of a model file on ``samples`` (full frames, through the :class:`Segmenter`)."""
+    from semseg_ros.labels import remap
+    from semseg_ros.segmenter import Segmenter
+    from training.data.lyft import read_label, read_rgb
+
+    segmenter = Segmenter.from_model(model_path, backend=backend, device='cpu')
+    cm = ConfusionMatrix(segmenter.class_set.num_classes)
+    for sample in samples:
+        label = read_label(sample.label)
+        if label_class_set.name != segmenter.class_set.name:
+            label = remap(label, label_class_set, segmenter.class_set)
+        cm.update(segmenter.segment(read_rgb(sample.rgb)).ids, label)
+    return cm.miou()
+
+
+@dataclass
+class ExportReport:
+    onnx: str
+    verification: dict[str, Any] | None = None
+    fp16: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None
+    tensorrt: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def export_all(
+    checkpoint_path: str | Path,
+    out: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    int8: bool = False,
+    calibration: int = 32,
+    eval_frames: int = 16,
+    verify: bool = True,
+) -> ExportReport:
+    """The whole export: FP32 ONNX, then the requested FP16 / INT8 variants."""
+    start = time.perf_counter()
+    info, verification = export_onnx(checkpoint_path, out, opset=opset, verify=verify)
+    report = ExportReport(str(info.path), None if verification is None else asdict(verification))
+    report.seconds['onnx'] = time.perf_counter() - start
+    if fp16:
+        start = time.perf_counter()
+        path, agreement = convert_fp16(info.path)
+        report.fp16 = {'path': str(path), 'argmax_agreement_vs_fp32': agreement}
+        report.seconds['fp16'] = time.perf_counter() - start
+        if agreement < MIN_FP16_AGREEMENT:
+            msg = f'{path}: FP16 argmax agrees with FP32 on only {agreement:.4f} of pixels'
+            raise ExportError(msg)
+    if int8:
+        start = time.perf_counter()
+        checkpoint = load_checkpoint(checkpoint_path)
+        frames, _ = calibration_frames(checkpoint, Path(checkpoint_path), calibration)
+        path = quantize_int8(info.path, frames)
+        report.int8 = {'path': str(path), 'calibration_frames': len(frames)}
+        if eval_frames > 0:
+            report.int8.update(
+                int8_miou_drop(checkpoint, Path(checkpoint_path), info.path, path, eval_frames)
+            )
+        report.seconds['int8'] = time.perf_counter() - start
+    return report
+
+
+def int8_miou_drop(
+    checkpoint: Checkpoint, checkpoint_path: Path, fp32: Path, int8: Path, frames: int
+) -> dict[str, Any]:
+    """FP32 and INT8 mIoU on ``frames`` held-out frames (val split, else test)."""
+    from training.evaluate import EvaluationError, data_source_from_checkpoint, load_split
+
+    source = data_source_from_checkpoint(checkpoint, checkpoint_path)
+    if source is None:
+        return {'miou_note': 'no data location in the checkpoint: mIoU not measured'}
+    for split in ('val', 'test'):
+        try:
+            data = load_split(source, split)
+            break
+        except EvaluationError:
+            continue
+    else:
+        return {'miou_note': 'no val/test split: mIoU not measured'}
+    picks = np.linspace(0, len(data.samples) - 1, min(frames, len(data.samples))).round()
+    samples = [data.samples[int(i)] for i in picks]
+    miou_fp32 = model_miou(fp32, samples, data.class_set)
+    miou_int8 = model_miou(int8, samples, data.class_set)
+    return {
+        'eval_split': split,
+        'eval_frames': len(samples),
+        'miou_fp32': miou_fp32,
+        'miou_int8': miou_int8,
+        'miou_drop_points': 100.0 * (miou_fp32 - miou_int8),
+    }
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            'Export a checkpoint to a self-describing ONNX model (opset >= 17, dynamic batch '
+            'and size, verified against torch), with optional FP16 / INT8 variants and a '
+            'cached TensorRT engine.'
+        ),
+    )
+    parser.add_argument('--checkpoint', type=Path, help='training checkpoint (best.pt)')
+    parser.add_argument('--out', type=Path, help='ONNX path to write (default: CHECKPOINT.onnx)')
+    parser.add_argument('--onnx', type=Path, help='use an existing ONNX (with --tensorrt)')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset (>= 17)')
+    parser.add_argument('--fp16', action='store_true', help='also write MODEL.fp16.onnx (GPU)')
+    parser.add_argument('--int8', action='store_true', help='also write MODEL.int8.onnx (CPU)')
+    parser.add_argument(
+        '--calibration-frames', type=int, default=32, help='INT8 calibration frames (train)'
+    )
+    parser.add_argument(
+        '--eval-frames', type=int, default=16, help='held-out frames for the INT8 mIoU drop'
+    )
+    parser.add_argument('--no-verify', action='store_true', help='skip the onnxruntime check')
+    parser.add_argument(
+        '--tensorrt', action='store_true', help='build (or reuse) the TensorRT engine here'
+    )
+    parser.add_argument('--workspace-gb', type=float, default=2.0, help='TensorRT workspace')
+    parser.add_argument('--fp32-engine', action='store_true', help='TensorRT engine in FP32')
+    parser.add_argument('--rebuild', action='store_true', help='rebuild a cached engine')
+    parser.add_argument('--json', type=Path, help='write the export report as JSON here')
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``semseg export``; returns the exit code."""
+    parser = _parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as err:
+        return int(err.code or 0)
+    if args.checkpoint is None and args.onnx is None:
+        print(
+            f'{parser.prog}: error: pass --checkpoint (or --onnx with --tensorrt)', file=sys.stderr
+        )
+        return 2
+    try:
+        if args.checkpoint is not None:
+            out = args.out or args.checkpoint.with_suffix('.onnx')
+            report = export_all(
+                args.checkpoint,
+                out,
+                opset=args.opset,
+                fp16=args.fp16 or args.tensorrt,
+                int8=args.int8,
+                calibration=args.calibration_frames,
+                eval_frames=args.eval_frames,
+                verify=not args.no_verify,
+            )
+            _print_report(report)
+            onnx_path = Path(report.onnx)
+        else:
+            report, onnx_path = ExportReport(str(args.onnx)), args.onnx
+        if args.tensorrt:
+            from semseg_ros.engines.tensorrt_engine import build_engine
+
+            engine = build_engine(
+                onnx_path,
+                fp16=not args.fp32_engine,
+                workspace_gb=args.workspace_gb,
+                rebuild=args.rebuild,
+            )
+            report.tensorrt = {'engine': str(engine)}
+            print(f'TensorRT engine: {engine}')
+    except (CheckpointError, ModelFileError, ExportError, ValueError, RuntimeError) as err:
+        print(f'{parser.prog}: error: {err}', file=sys.stderr)
+        return 1
+    except ImportError as err:
+        msg = f'{parser.prog}: error: {err}; install the export tools: pip install -e .[train]'
+        print(msg, file=sys.stderr)
+        return 1
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(asdict(report), indent=1, default=str) + '\n')
+    return 0
+
+
+def _print_report(report: ExportReport) -> None:
+    print(f'wrote {report.onnx}')
+    if report.verification:
+        v = report.verification
+        print(
+            f'  verified vs torch at {tuple(v["shape"])}: max abs diff {v["max_abs_diff"]:.2e}, '
+            f'argmax agreement {v["argmax_agreement"]:.5f}'
+        )
+    if report.fp16:
+        print(
+            f'wrote {report.fp16["path"]} (argmax agreement vs FP32 '
+            f'{report.fp16["argmax_agreement_vs_fp32"]:.5f})'
+        )
+    if report.int8:
+        i = report.int8
+        line = f'wrote {i["path"]} (calibrated on {i["calibration_frames"]} training frames)'
+        if 'miou_drop_points' in i:
+            line += (
+                f'; mIoU on {i["eval_frames"]} {i["eval_split"]} frames: FP32 '
+                f'{i["miou_fp32"]:.4f}, INT8 {i["miou_int8"]:.4f}, drop '
+                f'{i["miou_drop_points"]:.2f} points'
+            )
+        print(line)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
+
+
+# --- Models for `make bench` -----------------------------------------------------------------
+
+#: The trained CPU model `make bench` measures when it exists.
+BENCH_CHECKPOINT = Path('runs/train/cpu_default/best.pt')
+
+
+def _random_bench_checkpoint(path: Path) -> Path:
+    """The cpu_default architecture (realtime preset, base 8, depth 4) with random weights."""
+    from semseg_ros.labels import LYFT13
+    from semseg_ros.preprocess import Normalization
+    from training.checkpoint import save_checkpoint
+    from training.model import build_model, preset
+
+    config = preset('realtime', base_channels=8, depth=4, num_classes=LYFT13.num_classes)
+    torch.manual_seed(0)
+    checkpoint = Checkpoint(
+        model_config=config.to_dict(),
+        class_set=LYFT13.to_dict(),
+        normalization=Normalization().to_dict(),
+        input_size=[384, 288],
+        model_state=build_model(config).state_dict(),
+        train_config={'name': 'bench_random_weights'},
+    )
+    return save_checkpoint(checkpoint, path)
+
+
+def bench_models(
+    out_dir: str | Path, *, checkpoint: str | Path | None = None, eval_frames: int = 16
+) -> dict[str, Any]:
+    """FP32 + INT8 ONNX of the trained CPU model (or random weights), with the mIoU drop.
+
+    Re-exported only when the checkpoint changed. Returns paths and the INT8 report.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = Path(checkpoint) if checkpoint is not None else BENCH_CHECKPOINT
+    trained = source.is_file()
+    if not trained:
+        source = out_dir / 'random_weights.pt'
+        if not source.is_file():
+            _random_bench_checkpoint(source)
+    digest = file_sha256(source)[:12]
+    fp32 = out_dir / f'bench-{digest}.onnx'
+    int8 = variant_path(fp32, 'int8')
+    report_path = out_dir / f'bench-{digest}.json'
+    if fp32.is_file() and int8.is_file() and report_path.is_file():
+        return json.loads(report_path.read_text())
+    export_onnx(source, fp32)
+    ckpt = load_checkpoint(source)
+    result: dict[str, Any] = {
+        'checkpoint': str(source),
+        'trained': trained,
+        'fp32': str(fp32),
+        'int8': str(int8),
+    }
+    if trained:
+        frames, _ = calibration_frames(ckpt, source, 32)
+        quantize_int8(fp32, frames, int8)
+        result.update(int8_miou_drop(ckpt, source, fp32, int8, eval_frames))
+    else:
+        from training.data.synthetic import render_frame
+
+        quantize_int8(fp32, [render_frame(7, i)[0] for i in range(8)], int8)
+        result['miou_note'] = (
+            f'no trained checkpoint at {BENCH_CHECKPOINT} (random weights): mIoU drop not '
+            'measured; train it with `semseg train --config cpu`'
+        )
+    report_path.write_text(json.dumps(result, indent=1) + '\n')
+    return result
