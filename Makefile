@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell $(PYTHON) -c "import hashlib,pathlib;print(hashlib.sha1(pathlib.Path('setup.py').read_bytes()).hexdigest()[:10])")
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all demo test lint format bench venv clean
+.PHONY: all demo test lint format bench model venv clean
 
 all: test
 
@@ -41,6 +41,13 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/semseg bench --out runs/bench
+
+# The shipped demo model: train with the default CPU config on synthetic data (~15 min on two
+# cores), evaluate it on its test split, export it to ONNX. models/README.md records a run.
+model: $(STAMP)
+	$(BIN)/semseg train --config cpu --out runs/train/cpu_default
+	$(BIN)/semseg evaluate --checkpoint runs/train/cpu_default/best.pt --split test
+	$(BIN)/semseg export --checkpoint runs/train/cpu_default/best.pt --out models/semseg_demo.onnx
 
 clean:
 	rm -rf build install log runs .pytest_cache .ruff_cache *.egg-info

@@ -83,9 +83,294 @@ def bench_synth(*, quick: bool = False) -> list[Row]:
     ]
 
 
+def bench_transport(*, quick: bool = False) -> list[Row]:
+    """Publish + receive of one 800x600 bgra8 Image through Cyclone DDS (one process).
+
+    ``fast path``: :mod:`semseg_ros.transport.msgs` (``data`` one memcpy each way);
+    ``list path``: the same IDL type through cyclonedds' generic machinery, which turns
+    ``uint8[]`` into a Python list of ints. Target: fast path <= 5 ms. Needs cyclonedds.
+    """
+    import os
+
+    try:
+        from semseg_ros.transport.dds import Participant, loopback_config
+        from semseg_ros.transport.msgs import Header, Image, ListImage, Time
+    except ImportError as err:  # the dds extra is optional
+        return [Row('transport', 'skipped', float('nan'), 'ms', None, f'no cyclonedds: {err}')]
+
+    pixels = np.random.default_rng(0).integers(0, 256, 600 * 800 * 4, dtype=np.uint8)
+    header = Header(Time(1, 0), 'ego_vehicle/rgb_front')
+    fast = Image(header, 600, 800, 'bgra8', 0, 3200, pixels)
+    slow = ListImage(header, 600, 800, 'bgra8', 0, 3200, pixels.tolist())
+    note = '800x600 bgra8, 1.92 MB, loopback'
+    rows: list[Row] = []
+    domain = 100 + os.getpid() % 100  # our own domain: no other process's traffic
+    with Participant(domain, config=loopback_config()) as participant:
+        for case, msg_type, msg, repeats in (
+            ('Image publish+receive, fast path', Image, fast, 10 if quick else 50),
+            ('Image publish+receive, list path', ListImage, slow, 2 if quick else 5),
+        ):
+            topic = f'/bench/{msg_type.__name__.lower()}'
+            pub = participant.create_publisher(msg_type, topic)
+            sub = participant.create_subscription(msg_type, topic)
+            if not pub.wait_for_subscribers(1, timeout=5.0):
+                raise RuntimeError(f'bench: the reader on {topic} did not match in 5 s')
+
+            def round_trip(pub=pub, sub=sub, msg=msg, topic=topic) -> None:
+                pub.publish(msg)
+                deadline = time.monotonic() + 5.0
+                while not sub.take(1):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f'bench: no sample came back on {topic} in 5 s')
+                    participant.wait(0.5)
+
+            rows.append(_ms_row('transport', case, time_call(round_trip, repeats=repeats), note))
+    wire = fast.serialize()
+    rows.append(_ms_row('transport', 'Image serialize, fast path',
+                        time_call(fast.serialize, repeats=30), note))  # fmt: skip
+    rows.append(_ms_row('transport', 'Image deserialize, fast path',
+                        time_call(lambda: Image.deserialize(wire), repeats=30), note))  # fmt: skip
+    return rows
+
+
+# --- Inference: engines x resolutions, and the CPU targets (issue 5) -------------------------
+
+
+def _status_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process in MB (Linux /proc); NaN elsewhere."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float('nan')
+
+
+_CASE: dict[str, object] = {}  # in a bench worker process: its segmenter and frames
+
+
+def _inference_case(
+    path: str, backend: str, threads: int, spec: dict | None, repeats: int
+) -> dict[str, object]:
+    """``repeats`` frames of one backend at one input spec, in this case's own process.
+
+    The first call loads the model (and warms it up); later calls reuse it, so the parent can
+    interleave the cases in rounds. End to end: bgra8 800x600 frame -> full-frame ids.
+    Returns per-frame seconds (total, pre, infer, post) and peak / pre-model RSS (MB).
+    """
+    if not _CASE:
+        _CASE.update(_load_case(path, backend, threads, spec))
+    segmenter, frames = _CASE['segmenter'], _CASE['frames']
+    times: dict[str, list[float]] = {'total': [], 'pre': [], 'infer': [], 'post': [], 'cpu': []}
+    for i in range(repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = segmenter.segment(frames[i % len(frames)], encoding='bgra8')
+        times['total'].append(time.perf_counter() - start)
+        # CPU seconds of this process: with 1 thread, the work itself, whatever the load.
+        times['cpu'].append(time.process_time() - cpu_start)
+        times['pre'].append(result.timings.pre)
+        times['infer'].append(result.timings.infer)
+        times['post'].append(result.timings.post)
+    # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over exec).
+    return {**times, 'peak_mb': _status_mb('VmHWM'), 'base_mb': _CASE['base_mb']}
+
+
+def _load_case(path: str, backend: str, threads: int, spec: dict | None) -> dict[str, object]:
+    from semseg_ros.pipeline import InputSpec
+    from semseg_ros.segmenter import Segmenter
+    from training.data.synthetic import render_frame
+
+    frames = []
+    for i in range(4):
+        rgb = render_frame(123, i)[0]  # (600, 800, 3) RGB
+        frames.append(np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 255, np.uint8)]))
+    if backend == 'torch':
+        import torch  # imported before the baseline: the library is not the model's memory
+
+        torch.set_num_threads(threads)
+    base_mb = _status_mb('VmRSS')
+    input_spec = InputSpec.from_dict(spec) if spec else None
+    segmenter = Segmenter.from_model(
+        path, backend=backend, device='cpu', threads=threads, input_spec=input_spec
+    )
+    for frame in frames[:2]:  # warm-up: allocations, first-call kernel choices
+        segmenter.segment(frame, encoding='bgra8')
+    return {'segmenter': segmenter, 'frames': frames, 'base_mb': base_mb}
+
+
+def _summarize(parts: list[dict[str, object]]) -> dict[str, float]:
+    """Merge a case's rounds: total p50/p90/p99 and the stages' medians in ms, peak RSS."""
+    ms = {
+        k: np.concatenate([np.asarray(p[k]) for p in parts]) * 1e3
+        for k in ('total', 'pre', 'infer', 'post', 'cpu')
+    }
+    peak = max(float(p['peak_mb']) for p in parts)
+    return {
+        'p50': float(np.percentile(ms['total'], 50)),
+        'p90': float(np.percentile(ms['total'], 90)),
+        'p99': float(np.percentile(ms['total'], 99)),
+        'pre': float(np.median(ms['pre'])),
+        'infer': float(np.median(ms['infer'])),
+        'post': float(np.median(ms['post'])),
+        'cpu': float(np.median(ms['cpu'])),
+        'peak_mb': peak,
+        'model_mb': peak - float(parts[0]['base_mb']),
+    }
+
+
+def _target(value: float, ok: bool, text: str) -> str:
+    if not np.isfinite(value):
+        return f'target {text}: not measured'
+    return f'target {text}: {"PASS" if ok else "MISSED"}'
+
+
+def bench_inference(*, quick: bool = False) -> list[Row]:
+    """Per backend and resolution: latency p50/p90/p99, FPS, pre/infer/post, peak memory.
+
+    The model is the trained CPU model (runs/train/cpu_default/best.pt; random weights of the
+    same architecture when absent), exported to FP32 and INT8 ONNX. Resolutions: the full
+    800x600 frame fed as is, and the model's own input spec from its metadata (the realtime
+    preset). Every case runs in its own process (its own peak memory, no other backend's
+    threads), and the cases are interleaved in rounds so that load from other work on the
+    machine falls on all of them alike. Each backend runs with 1 and with N threads; ratios
+    use each one's faster setting (with other work on the cores, 1 thread can beat N).
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from semseg_ros.engines.tensorrt_engine import tensorrt_available
+    from semseg_ros.model_file import read_model_info
+    from training.export import bench_models
+
+    threads = os.cpu_count() or 1
+    models = bench_models(Path('runs/bench/models'), eval_frames=4 if quick else 16)
+    load = os.getloadavg()[0]
+    what = 'trained' if models['trained'] else 'RANDOM weights'
+    rows = [
+        Row('inference', 'load average (1 min) at start', load, '', None,
+            f'{threads} CPU threads per backend; model: {what}, {models["checkpoint"]}'),
+    ]  # fmt: skip
+    realtime = read_model_info(models['fp32']).input_spec
+    rw, rh = realtime.input_size
+    real = f'realtime {rw}x{rh} crop {realtime.crop_top}/{realtime.crop_bottom}'
+    full_spec = {'input_size': [800, 600], 'normalization': realtime.normalization.to_dict()}
+    resolutions = {'800x600': full_spec, real: None}
+    counts = sorted({1, threads})
+    backends = {
+        f'{kind} {n}T': (path, backend, n)
+        for kind, path, backend in (
+            ('torch eager fp32', models['checkpoint'], 'torch'),
+            ('onnxruntime fp32', models['fp32'], 'onnxruntime'),
+            ('onnxruntime int8', models['int8'], 'onnxruntime'),
+        )
+        for n in counts
+    }
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    spawn = get_context('spawn')
+    rounds = 1 if quick else 4
+    for res_name, spec in resolutions.items():
+        pools = {name: ProcessPoolExecutor(1, mp_context=spawn) for name in backends}
+        parts: dict[str, list[dict[str, object]]] = {name: [] for name in backends}
+        try:
+            for round_index in range(rounds):
+                order = list(backends)
+                order = order[round_index % len(order) :] + order[: round_index % len(order)]
+                for name in order:
+                    path, backend, n_threads = backends[name]
+                    slow = backend == 'torch' and res_name == '800x600'
+                    repeats = (3 if slow else 5) if quick else (3 if slow else 8)
+                    job = (path, backend, n_threads, spec, repeats)
+                    parts[name].append(pools[name].submit(_inference_case, *job).result())
+        finally:
+            for pool in pools.values():
+                pool.shutdown()
+        for name in backends:
+            stats = results[(res_name, name)] = _summarize(parts[name])
+            note = (
+                f'p99 {stats["p99"]:.1f} ms, {1e3 / stats["p50"]:.1f} FPS; pre '
+                f'{stats["pre"]:.1f} / infer {stats["infer"]:.1f} / post {stats["post"]:.1f} '
+                f'ms; CPU {stats["cpu"]:.0f} ms/frame; peak RSS {stats["peak_mb"]:.0f} MB '
+                f'(model +{stats["model_mb"]:.0f})'
+            )
+            rows.append(
+                Row('inference', f'{name} {res_name}', stats['p50'], 'ms', stats['p90'], note)
+            )
+    trt_ok, trt_why = tensorrt_available()
+    gpu_reason = trt_why if not trt_ok else 'run `semseg bench` on the GPU machine'
+    rows.append(
+        Row('inference', 'tensorrt / onnxruntime-cuda / torch-cuda', float('nan'), 'ms', None,
+            f'skipped: no GPU in this session ({gpu_reason})')
+    )  # fmt: skip
+
+    # The targets, as ratios within this one run: engine time, each backend at its faster
+    # thread count (with other work on the cores, 1 thread can beat 2).
+    def infer(res: str, kind: str) -> float:
+        return min(results[(res, name)]['infer'] for name in backends if name.startswith(kind))
+
+    for res in resolutions:
+        ratio = infer(res, 'torch eager fp32') / infer(res, 'onnxruntime fp32')
+        rows.append(
+            Row('inference', f'speedup onnxruntime fp32 vs torch eager, {res}', ratio, 'x',
+                None, _target(ratio, ratio >= 2.0, '>= 2x'))
+        )  # fmt: skip
+    for res in resolutions:
+        ratio = infer(res, 'onnxruntime fp32') / infer(res, 'onnxruntime int8')
+        rows.append(
+            Row('inference', f'speedup int8 vs fp32 onnxruntime, {res}', ratio, 'x', None,
+                _target(ratio, ratio >= 1.5, '>= 1.5x'))
+        )  # fmt: skip
+    # The same ratios in CPU time of the 1-thread runs: the work itself, independent of what
+    # else the machine runs (wall-clock ratios above swing with the load).
+    for res in resolutions:
+        cpu = {kind: results[(res, f'{kind} 1T')]['cpu'] for kind in
+               ('torch eager fp32', 'onnxruntime fp32', 'onnxruntime int8')}  # fmt: skip
+        torch_cpu, fp32_cpu, int8_cpu = cpu.values()
+        pairs = (
+            ('onnxruntime fp32 vs torch eager', torch_cpu / fp32_cpu, 2.0),
+            ('int8 vs fp32 onnxruntime', fp32_cpu / int8_cpu, 1.5),
+        )
+        for label, ratio, goal in pairs:
+            note = _target(ratio, ratio >= goal, f'>= {goal:g}x') + ' (end to end, any load)'
+            rows.append(
+                Row('inference', f'speedup {label}, {res}, 1-thread CPU time', ratio, 'x', None,
+                    note)
+            )  # fmt: skip
+    drop = float(models.get('miou_drop_points', float('nan')))
+    drop_note = models.get('miou_note') or (
+        f'FP32 {models["miou_fp32"]:.4f} -> INT8 {models["miou_int8"]:.4f} on '
+        f'{models["eval_frames"]} {models["eval_split"]} frames'
+    )
+    rows.append(
+        Row('inference', 'mIoU drop int8 vs fp32', drop, 'points', None,
+            f'{_target(drop, drop <= 1.0, "<= 1 point")}; {drop_note}')
+    )  # fmt: skip
+    full_ort = min(
+        (results[('800x600', name)] for name in backends if name.startswith('onnxruntime fp32')),
+        key=lambda stats: stats['infer'],
+    )
+    share = 100.0 * (full_ort['pre'] + full_ort['post']) / full_ort['infer']
+    rows.append(
+        Row('inference', 'pre+post / engine time, onnxruntime fp32 800x600', share, '%', None,
+            _target(share, share <= 10.0, '<= 10 %'))
+    )  # fmt: skip
+    best = min(
+        (n for n in backends if 'onnxruntime' in n), key=lambda n: results[(real, n)]['p50']
+    )
+    fps = 1e3 / results[(real, best)]['p50']
+    rows.append(
+        Row('inference', f'realtime end-to-end FPS ({best}, {real})', fps, 'FPS', None,
+            _target(fps, fps >= 10.0, '>= 10 FPS') + '; bgra8 frame in, full-frame ids out')
+    )  # fmt: skip
+    return rows
+
+
 SECTIONS: dict[str, Callable[..., list[Row]]] = {
     'labels': bench_labels,
     'synth': bench_synth,
+    'transport': bench_transport,
+    'inference': bench_inference,
 }
 
 

@@ -61,6 +61,26 @@ COMMANDS: CommandTree = {
         'training.predict:main',
         'segment images or folders with a checkpoint: colour masks and side-by-side grids',
     ),
+    'export': Command(
+        'training.export:main',
+        'export a checkpoint to ONNX with metadata (+ FP16, INT8); --tensorrt builds the engine',
+    ),
+    'run': Command(
+        'semseg_ros.standalone:main',
+        'run the segmentation node without ROS, over Cyclone DDS (ROS 2 on the wire)',
+    ),
+    'replay': Command(
+        'semseg_ros.replay:main',
+        'publish a dataset or bag as the CARLA bridge camera topics (ROS 2 over DDS)',
+    ),
+    'record': Command(
+        'semseg_ros.record:main',
+        'record ROS 2 topics to a bag (mcap or sqlite3) without ROS',
+    ),
+    'bag': Command(
+        'semseg_ros.bag:main',
+        'segment the camera topic of a ROS 2 bag into a new bag with mask/color/overlay',
+    ),
     'demo': Command(
         'semseg_ros.demo:main',
         'run the end-to-end demo on synthetic data and write what it shows to runs/demo/',
