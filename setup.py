@@ -38,6 +38,7 @@ TEST = [
     'rosbags>=0.10',  # ROS 2 messages and bags without ROS: the reference for our conversions
     'rosbags-image>=0.10',  # a cv_bridge port, to check semseg_ros.imaging against
     'cyclonedds>=0.10',
+    'carla==0.9.16',  # the collector's real no-server time-out is tested
 ]
 # ROS 2 without a ROS install: the standalone node, replay and record speak DDS through
 # Cyclone DDS; bags are read and written with rosbags.
