@@ -104,7 +104,9 @@ def run_graph(model: Path, drive_dir: Path, bag: Path, *, log_dir: Path, rate: f
         node = ChildProcess(
             'node',
             ['run', '--model', str(model), '-p', 'use_sim_time:=true',
-             '-p', 'ground_truth:=true', '--idle-exit', '3', '--duration', '240'],
+             # replay publishes the dataset's own palette (lyft13), not the bridge's carla23
+             '-p', 'ground_truth:=true', '-p', 'gt_class_set:=lyft13',
+             '--idle-exit', '3', '--duration', '240'],
             env=env, log_dir=log_dir,
         )  # fmt: skip
         children.append(node)
@@ -151,7 +153,11 @@ def read_outputs(bag: Path) -> tuple[dict[int, np.ndarray], dict[str, str]]:
                 tick = round(stamp_ns * SIM_HZ / 1e9) - 1  # replay stamps tick k at (k+1)/Hz
                 masks[tick] = np.array(image_to_array(msg))
             elif msg.status:
-                diagnostics = {kv.key: kv.value for kv in msg.status[0].values}
+                report = {kv.key: kv.value for kv in msg.status[0].values}
+                # The last report written while frames were flowing: the final one, after the
+                # stream ended, has zero rates.
+                if not diagnostics or report.get('input rate (Hz)') != '0.00':
+                    diagnostics = report
     return masks, diagnostics
 
 
@@ -274,7 +280,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     print(
         f'end to end {metrics["fps_end_to_end"]} FPS; node latency stamp->publish p50 '
         f'{diag.get("latency stamp to publish p50 (ms)", "?")} ms, p99 '
-        f'{diag.get("latency stamp to publish p99 (ms)", "?")} ms; backend '
+        f'{diag.get("latency stamp to publish p99 (ms)", "?")} ms (sim time, 50 ms ticks); '
+        f'processing p50 {diag.get("processing p50 (ms)", "?")} ms; backend '
         f'{diag.get("backend", "?")}'
     )
     print(
