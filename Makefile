@@ -42,12 +42,12 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/semseg bench --out runs/bench
 
-# The shipped demo model: train with the default CPU config on synthetic data (~15 min on two
+# The shipped demo model: train with the default CPU config on synthetic data (~13 min on two
 # cores), evaluate it on its test split, export it to ONNX. models/README.md records a run.
 model: $(STAMP)
 	$(BIN)/semseg train --config cpu --out runs/train/cpu_default
 	$(BIN)/semseg evaluate --checkpoint runs/train/cpu_default/best.pt --split test
-	$(BIN)/semseg export --checkpoint runs/train/cpu_default/best.pt --out models/semseg_demo.onnx
+	$(BIN)/semseg export --checkpoint runs/train/cpu_default/best.pt --out models/semseg_demo.onnx --int8
 
 clean:
 	rm -rf build install log runs .pytest_cache .ruff_cache *.egg-info
