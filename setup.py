@@ -32,6 +32,7 @@ GPU = ['tensorrt>=10', 'pycuda>=2024.1', 'onnxruntime-gpu>=1.17']
 TEST = [
     'pytest>=8',
     'pytest-timeout>=2.3',
+    'pytest-rerunfailures>=14',  # the multi-process DDS tests (see test_graph.py)
     'ruff>=0.6',
     'torchmetrics>=1.3',
     'colcon-common-extensions>=0.3',
