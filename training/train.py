@@ -1064,6 +1064,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``semseg train``: returns the exit code (0 ok, 1 failed run, 2 bad input)."""
     parser = _parser(prog)
+    summary: dict[str, Any] | None = None
     try:
         args = parser.parse_args(argv)
     except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
@@ -1098,6 +1099,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return 130
     finally:
         if dist.is_available() and dist.is_initialized():
+            if summary is not None:
+                # Leave together: a rank that tears gloo down while its peer is still finishing
+                # aborts ("terminate called without an active exception"). Not on errors: a
+                # dead peer would make the barrier hang.
+                dist.barrier()
             dist.destroy_process_group()
     if int(os.environ.get('RANK', '0')) != 0:
         return 0
