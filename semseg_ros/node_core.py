@@ -500,10 +500,6 @@ class SegmenterLike(Protocol):
 
     def segment(self, rgb: np.ndarray) -> Any: ...  # result with .ids (H, W) uint8
 
-    def colorize(self, ids: np.ndarray) -> np.ndarray: ...
-
-    def overlay(self, rgb: np.ndarray, ids: np.ndarray, alpha: float) -> np.ndarray: ...
-
 
 @dataclass(frozen=True)
 class Outputs:
@@ -581,7 +577,6 @@ class FrameProcessor:
             raise NodeStartupError(msg)
         #: The class set whose colours ~/color and ~/overlay use (the ``class_set`` param).
         self.palette = segmenter.class_set if palette is None else palette
-        self._own_palette = palette is not None and palette is not segmenter.class_set
 
     def process(self, image: Any, header: Any, outputs: Outputs = ALL_OUTPUTS) -> ProcessedFrame:
         """Segment one frame. ``image``: an Image message or ImageFields.
@@ -596,21 +591,13 @@ class FrameProcessor:
         if outputs.mask:
             images['mask'] = array_to_image_fields(ids, 'mono8')
         if outputs.color or outputs.overlay:
-            color = self._colorize(ids)  # (H, W, 3) RGB
+            color = self.palette.id_to_color(ids)  # (H, W, 3) RGB, once for both outputs
             if outputs.color:
                 images['color'] = self._encode(color)
             if outputs.overlay:
-                images['overlay'] = self._encode(self._overlay(rgb, ids, color))
+                images['overlay'] = self._encode(blend(rgb, color, self.overlay_alpha))
         elapsed = time.perf_counter() - start
         return ProcessedFrame(header, images, ids, elapsed, getattr(result, 'timings', None))
-
-    def _colorize(self, ids: np.ndarray) -> np.ndarray:
-        return self.palette.id_to_color(ids) if self._own_palette else self.segmenter.colorize(ids)
-
-    def _overlay(self, rgb: np.ndarray, ids: np.ndarray, color: np.ndarray) -> np.ndarray:
-        if self._own_palette:
-            return blend(rgb, color, self.overlay_alpha)
-        return self.segmenter.overlay(rgb, ids, self.overlay_alpha)
 
     def _encode(self, rgb: np.ndarray) -> ImageFields:
         return array_to_image_fields(from_rgb(rgb, self.color_encoding), self.color_encoding)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from semseg_ros.node_core import DIAGNOSTICS_TOPIC, NODE_NAME, OUTPUT_TOPICS
+from semseg_ros.transport.process import require_positive
 
 _TYPE_BY_LAST_NAME = {
     'image': 'sensor_msgs/msg/Image',
@@ -164,10 +165,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = _parser(prog)
     try:
         args = parser.parse_args(argv)
-        for name in ('duration', 'idle_timeout'):
-            value = getattr(args, name)
-            if value is not None and not value > 0:
-                parser.error(f'--{name.replace("_", "-")} must be > 0, got {value}')
+        require_positive(parser, args, 'duration', 'idle_timeout')
         if args.count is not None and args.count < 1:
             parser.error(f'--count must be >= 1, got {args.count}')
     except SystemExit as err:

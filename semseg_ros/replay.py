@@ -34,6 +34,7 @@ import numpy as np
 
 from semseg_ros.imaging import array_to_image_fields, from_rgb
 from semseg_ros.labels import ClassSet
+from semseg_ros.transport.process import require_positive
 
 DEFAULT_ROLE = 'ego_vehicle'
 DEFAULT_CAMERA = 'rgb_front'
@@ -310,10 +311,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ('rate', 'sim_hz', 'duration'):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            parser.error(f'--{name.replace("_", "-")} must be > 0, got {value}')
+    require_positive(parser, args, 'rate', 'sim_hz', 'duration')
     if args.count is not None and args.count < 1:
         parser.error(f'--count must be >= 1, got {args.count}')
     if not 0 < args.fov < 180:

@@ -42,6 +42,7 @@ from semseg_ros.node_core import (
     ParamError,
     ProcessedFrame,
 )
+from semseg_ros.transport.process import require_positive
 
 DEFAULT_IMAGE_TOPIC = '/carla/ego_vehicle/rgb_front/image'
 DEFAULT_GT_TOPIC = '/carla/ego_vehicle/semantic_segmentation_front/image'
@@ -274,10 +275,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = _parser(prog)
     try:
         args = parser.parse_args(argv)
-        for name in ('duration', 'idle_exit'):
-            value = getattr(args, name)
-            if value is not None and not value > 0:
-                parser.error(f'--{name.replace("_", "-")} must be > 0, got {value}')
+        require_positive(parser, args, 'duration', 'idle_exit')
     except SystemExit as err:
         return int(err.code or 0)
     from semseg_ros.transport.process import StopSignal, load_dds

@@ -62,7 +62,7 @@ from training.data.splits import (
     original_split,
     random_split,
 )
-from training.predict import PredictError, Predictor, resolve_device
+from training.predict import PredictError, Predictor, positive_int, resolve_device
 
 #: Height of the camera that :data:`LYFT_HOOD_ROW` refers to (800x600 Lyft / CARLA frames).
 LYFT_FRAME_HEIGHT = 600
@@ -468,16 +468,6 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
-    return value
-
-
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -503,9 +493,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument(
         '--out', type=Path, help='output folder (default: CHECKPOINT_DIR/eval_SPLIT)'
     )
-    parser.add_argument('--batch-size', type=_positive_int, default=1, help='default 1')
+    parser.add_argument('--batch-size', type=positive_int, default=1, help='default 1')
     parser.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default)')
-    parser.add_argument('--limit', type=_positive_int, help='only the first N images of the split')
+    parser.add_argument('--limit', type=positive_int, help='only the first N images of the split')
     parser.add_argument(
         '--gt-class-set',
         help='class set of the labels when the dataset does not declare it (e.g. carla23); '

@@ -362,7 +362,8 @@ def predict(
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for ``--batch-size`` / ``--limit`` (shared with ``semseg evaluate``)."""
     try:
         value = int(text)
     except ValueError as err:
@@ -394,8 +395,8 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument('inputs', nargs='+', type=Path, help='image files and/or folders')
     parser.add_argument('--checkpoint', type=Path, required=True, help='a training checkpoint')
     parser.add_argument('--out', type=Path, required=True, help='output folder')
-    parser.add_argument('--limit', type=_positive_int, help='only the first N images')
-    parser.add_argument('--batch-size', type=_positive_int, default=1, help='default 1')
+    parser.add_argument('--limit', type=positive_int, help='only the first N images')
+    parser.add_argument('--batch-size', type=positive_int, default=1, help='default 1')
     parser.add_argument(
         '--device', default='auto', help='cpu, cuda, cuda:N or auto (default: auto)'
     )

@@ -36,6 +36,14 @@ def add_dds_arguments(parser: Any) -> None:
     )
 
 
+def require_positive(parser: Any, args: Any, *names: str) -> None:
+    """``parser.error`` for the first of the options ``names`` that is set but not > 0."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            parser.error(f'--{name.replace("_", "-")} must be > 0, got {value}')
+
+
 class StopSignal:
     """SIGINT / SIGTERM set :attr:`event` instead of killing the process mid-write.
 
