@@ -59,6 +59,11 @@ class ModelFileError(ValueError):
 # --- What a model file says about itself ---------------------------------------------------
 
 
+#: The optional second output of an exported model: per-pixel argmax as (N, H, W) uint8,
+#: so a runtime gets class ids without reading C float maps back (training.export adds it).
+IDS_OUTPUT_NAME = 'ids'
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """A graph input or output: name, ONNX element type name and dims (None = dynamic)."""
@@ -88,6 +93,14 @@ class ModelInfo:
     @property
     def num_classes(self) -> int:
         return self.class_set.num_classes
+
+    @property
+    def ids_output(self) -> str | None:
+        """The graph's uint8 class-id output (:data:`IDS_OUTPUT_NAME`), if it has one."""
+        for tensor in self.outputs:
+            if tensor.name == IDS_OUTPUT_NAME and tensor.dtype == 'uint8':
+                return tensor.name
+        return None
 
     @property
     def in_channels(self) -> int:

@@ -64,6 +64,27 @@ def test_onnxruntime_reuses_output_buffer_but_ids_are_fresh(model, batch):
     np.testing.assert_array_equal(first, second[::-1])
 
 
+def test_onnxruntime_ids_from_the_graph_or_numpy_for_older_files(model, batch, tmp_path):
+    import onnx
+
+    engine = create_engine(model, backend='onnxruntime', device='cpu')
+    assert engine.info.ids_output == 'ids'
+    from_graph = engine.infer_ids(batch).copy()
+    np.testing.assert_array_equal(from_graph, engine.infer(batch).argmax(1))
+    # A file exported before the ids output existed: same ids, from numpy's argmax.
+    proto = onnx.load(str(model))
+    graph = proto.graph
+    kept = [n for n in graph.node if n.name not in ('ids_argmax', 'ids_cast')]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.output[1:]
+    older = tmp_path / 'older.onnx'
+    onnx.save(proto, str(older))
+    older_engine = create_engine(older, backend='onnxruntime', device='cpu')
+    assert older_engine.info.ids_output is None
+    np.testing.assert_array_equal(older_engine.infer_ids(batch), from_graph)
+
+
 def test_auto_on_cpu_picks_onnxruntime_and_says_why(model):
     engine = create_engine(model, device='cpu')
     assert engine.backend == 'onnxruntime'
@@ -158,7 +179,7 @@ class _FakeTensorRT:
 
             def create_network(self, flags):
                 fake.calls.append(('create_network', flags))
-                return 'network'
+                return fake.network
 
             def create_builder_config(self):
                 class Config:
@@ -191,6 +212,24 @@ class _FakeTensorRT:
                 fake.calls.append(('parse', len(data)))
                 return True
 
+        class Network:
+            """What the parser makes of an exported model: the logits and ids outputs."""
+
+            def __init__(self):
+                self.outputs = [SimpleNamespace(name='logits'), SimpleNamespace(name='ids')]
+
+            @property
+            def num_outputs(self):
+                return len(self.outputs)
+
+            def get_output(self, index):
+                return self.outputs[index]
+
+            def unmark_output(self, tensor):
+                fake.calls.append(('unmark_output', tensor.name))
+                self.outputs.remove(tensor)
+
+        self.network = Network()
         self.Builder, self.OnnxParser = Builder, OnnxParser
 
 
@@ -227,6 +266,9 @@ def test_build_engine_api_use_and_cache(model, monkeypatch, version):
         assert target.compute_capability == (8, 9) and info.input_spec.input_size == (64, 32)
         calls = {c[0]: c[1:] for c in trt.calls}
         assert calls['workspace'] == ('workspace', 1 << 30)
+        # The engine keeps the logits only (its run path binds one output).
+        assert calls['unmark_output'] == ('ids',)
+        assert [t.name for t in trt.network.outputs] == ['logits']
         assert calls['profile'] == (('image', (1, 3, 32, 64), (1, 3, 32, 64), (4, 3, 32, 64)),)
         if version.startswith('10'):  # weak typing with the (deprecated) FP16 flag
             assert calls['create_network'] == (0,) and calls['set_flag'] == ('fp16-flag',)

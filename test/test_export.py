@@ -99,13 +99,31 @@ def test_onnxruntime_matches_torch_at_other_sizes(exported, shape):
     assert np.mean(got.argmax(1) == expected.argmax(1)) == 1.0
 
 
+@pytest.mark.parametrize('precision', ['fp32', 'fp16', 'int8'])
+def test_ids_output_is_the_argmax_of_the_logits(exported, precision):
+    # The graph's second output: class ids as uint8, first maximum on ties like numpy.
+    rng = np.random.default_rng(2)
+    if precision == 'fp16':
+        path = convert_fp16(exported)[0]
+    elif precision == 'int8':
+        path = quantize_int8(exported, [rng.integers(0, 256, (48, 80, 3), np.uint8)])
+    else:
+        path = exported
+    assert read_model_info(path).ids_output == 'ids'
+    x = rng.standard_normal((2, 3, 40, 56)).astype(np.float32)
+    logits, ids = ort.InferenceSession(str(path)).run(['logits', 'ids'], {'image': x})
+    assert ids.dtype == np.uint8 and ids.shape == (2, 40, 56)
+    np.testing.assert_array_equal(ids, logits.argmax(1))
+
+
 def test_fp16_variant_agrees_with_fp32(exported):
     path, agreement = convert_fp16(exported)
     assert path.name == 'tiny.fp16.onnx'
     assert agreement >= 0.99
     info = read_model_info(path)
     assert info.precision == 'fp16'
-    assert {t.dtype for t in info.inputs + info.outputs} == {'float32'}  # FP32 I/O kept
+    # FP32 I/O kept (and the uint8 ids)
+    assert [t.dtype for t in info.inputs + info.outputs] == ['float32', 'float32', 'uint8']
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
 from semseg_ros.model_file import (
     ENGINE_SUFFIX,
+    IDS_OUTPUT_NAME,
     EngineTarget,
     ModelInfo,
     engine_cache_path,
@@ -143,6 +144,12 @@ def build_engine(
     if not parser.parse(parse_path.read_bytes()):
         errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f'TensorRT cannot parse {parse_path}: {errors}')
+    # The engine's one output is the logits (the run path binds exactly one); the graph's
+    # uint8 ids output is for onnxruntime, so it is dropped here with its ArgMax and Cast.
+    for index in reversed(range(network.num_outputs)):
+        tensor = network.get_output(index)
+        if tensor.name == IDS_OUTPUT_NAME:
+            network.unmark_output(tensor)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
