@@ -104,8 +104,8 @@ def run_graph(model: Path, drive_dir: Path, bag: Path, *, log_dir: Path, rate: f
         node = ChildProcess(
             'node',
             ['run', '--model', str(model), '-p', 'use_sim_time:=true',
-             # replay publishes the dataset's own palette (lyft13), not the bridge's carla23
-             '-p', 'ground_truth:=true', '-p', 'gt_class_set:=lyft13',
+             # ground truth as the bridge sends it: carla23 colours (the node's default set)
+             '-p', 'ground_truth:=true',
              '--idle-exit', '3', '--duration', '240'],
             env=env, log_dir=log_dir,
         )  # fmt: skip

@@ -7,7 +7,9 @@ tick publishes, like the bridge in synchronous mode at 20 Hz sim time:
 * ``/clock``                                               rosgraph_msgs/Clock, sim time
 * ``/carla/<role>/<camera>/image`` + ``.../camera_info``   bgra8, frame ``<role>/<camera>``
 * ``/carla/<role>/<seg_camera>/image`` + ``.../camera_info``  when the dataset has labels:
-  the ids drawn in the palette of the dataset's class set (``dataset.json``), bgra8
+  the labels in the palette the bridge uses (``--seg-class-set``, default ``carla23``, the
+  classes of CARLA 0.9.10-0.9.13), mapped from the dataset's class set (``dataset.json``),
+  bgra8. ``--seg-class-set dataset`` keeps the dataset's own palette.
 
 All messages of tick ``k`` (0-based, counting on through loops) carry the stamp
 ``(k + 1) / sim_hz`` seconds, as CARLA's clock advances ``fixed_delta_seconds`` per tick.
@@ -97,14 +99,26 @@ def is_bag(path: Path) -> bool:
     return path.suffix in ('.mcap', '.db3')
 
 
+#: The segmentation camera's palette on the bridge of CARLA 0.9.13 (the node's default too).
+BRIDGE_SEG_CLASS_SET = 'carla23'
+
+
 class DatasetSource:
     """Frames of a dataset in the Lyft-Udacity layout, in (episode, name) order.
 
     Yields ``(bgra, seg_bgra or None)``: (H, W, 4) uint8 camera image and the label drawn in
-    ``class_set``'s palette (bgra8), as the bridge's two cameras would publish them.
+    ``seg_class_set``'s palette (bgra8), as the bridge's two cameras would publish them.
+    ``class_set`` is the dataset's; ``seg_class_set=None`` keeps it.
     """
 
-    def __init__(self, root: Path, *, labels: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        labels: bool = True,
+        seg_class_set: ClassSet | str | None = BRIDGE_SEG_CLASS_SET,
+    ) -> None:
+        from semseg_ros.labels import ClassSetError, get_class_set, mapping_lut
         from training.data.lyft import DatasetError, dataset_class_set, scan_dataset
 
         try:
@@ -112,6 +126,11 @@ class DatasetSource:
             self.class_set: ClassSet = dataset_class_set(root)
         except DatasetError as err:
             raise ReplayError(str(err)) from err
+        try:
+            self.seg_class_set = get_class_set(seg_class_set or self.class_set)
+            self._to_seg = mapping_lut(self.class_set, self.seg_class_set)  # (256,) uint8
+        except ClassSetError as err:
+            raise ReplayError(f'--seg-class-set: {err}') from err
         if not scan.samples:
             msg = (
                 f'no image/label pairs under {root}; pass a dataset folder (CameraRGB/ + '
@@ -131,8 +150,8 @@ class DatasetSource:
         bgra = from_rgb(read_rgb(sample.rgb), 'bgra8')  # (H, W, 4)
         if not self.labels:
             return bgra, None
-        palette = self.class_set.id_to_color(read_label(sample.label))  # (H, W, 3) RGB
-        return bgra, from_rgb(palette, 'bgra8')
+        ids = self._to_seg[read_label(sample.label)]  # (H, W) seg_class_set ids
+        return bgra, from_rgb(self.seg_class_set.id_to_color(ids), 'bgra8')
 
 
 def bag_ticks(path: Path) -> Iterator[list[tuple[str, str, bytes]]]:
@@ -291,6 +310,14 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument(
         '--no-seg', action='store_true', help='do not publish the segmentation camera'
     )
+    parser.add_argument(
+        '--seg-class-set',
+        default=BRIDGE_SEG_CLASS_SET,
+        help=(
+            'segmentation camera palette: a class set name or YAML (default carla23, as the '
+            "CARLA 0.9.13 bridge); 'dataset' keeps the dataset's own"
+        ),
+    )
     parser.add_argument('--no-clock', action='store_true', help='do not publish /clock')
     parser.add_argument('--fov', type=float, default=90.0, help='horizontal fov for camera_info')
     parser.add_argument(
@@ -336,7 +363,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     cameras = BridgeCameras(args.role, args.camera, args.seg_camera)
     bag = is_bag(args.source)
     try:
-        dataset = None if bag else DatasetSource(args.source, labels=not args.no_seg)
+        seg_class_set = None if args.seg_class_set == 'dataset' else args.seg_class_set
+        dataset = (
+            None
+            if bag
+            else DatasetSource(args.source, labels=not args.no_seg, seg_class_set=seg_class_set)
+        )
     except ReplayError as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 1
@@ -394,7 +426,7 @@ def _replay_dataset(
     for sensor in sensors:
         replayer.publisher(cameras.info_topic(sensor), msgs.CameraInfo)
         replayer.publisher(cameras.image_topic(sensor), msgs.Image)
-    seg_note = f', {cameras.image_topic(cameras.seg_camera)} ({dataset.class_set.name})'
+    seg_note = f', {cameras.image_topic(cameras.seg_camera)} ({dataset.seg_class_set.name})'
     print(
         f'replaying {len(dataset)} frames at {args.rate:g} Hz on '
         f'{cameras.image_topic(cameras.camera)}{"" if args.no_seg else seg_note}',

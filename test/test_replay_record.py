@@ -18,7 +18,7 @@ from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
 from semseg_ros import record, replay
-from semseg_ros.labels import LYFT13
+from semseg_ros.labels import CARLA23, LYFT13, remap
 from semseg_ros.transport import msgs
 from training.data.lyft import read_label, read_rgb, scan_dataset
 from training.data.synthetic import SynthConfig, generate_dataset
@@ -66,15 +66,39 @@ def test_bridge_names() -> None:
     )
 
 
-def test_dataset_frames_are_bgra_and_palette_labels(dataset: Path) -> None:
+def test_dataset_frames_are_bgra_and_labels_in_the_bridge_palette(dataset: Path) -> None:
     source = replay.DatasetSource(dataset)
     assert len(source) == 6 and source.class_set.name == 'lyft13'
+    assert source.seg_class_set is CARLA23  # what the 0.9.13 bridge publishes
     bgra, seg = source.frame(2)
     sample = scan_dataset(dataset).samples[2]
     np.testing.assert_array_equal(bgra[..., 2::-1], read_rgb(sample.rgb))
     assert (bgra[..., 3] == 255).all()
-    np.testing.assert_array_equal(seg[..., 2::-1], LYFT13.id_to_color(read_label(sample.label)))
+    ids = read_label(sample.label)  # lyft13 ids
+    np.testing.assert_array_equal(
+        seg[..., 2::-1], CARLA23.id_to_color(remap(ids, LYFT13, CARLA23))
+    )
+    # The node's ground-truth path (carla23 colours -> lyft13 ids) gives the labels back.
+    np.testing.assert_array_equal(
+        remap(CARLA23.color_to_id(seg[..., 2::-1]), CARLA23, LYFT13), ids
+    )
+    # The dataset's own palette on request, and no labels at all.
+    own = replay.DatasetSource(dataset, seg_class_set=None).frame(2)[1]
+    np.testing.assert_array_equal(own[..., 2::-1], LYFT13.id_to_color(ids))
     assert replay.DatasetSource(dataset, labels=False).frame(0)[1] is None
+
+
+def test_seg_class_set_without_a_mapping_is_a_clear_error(dataset: Path, tmp_path: Path) -> None:
+    custom = tmp_path / 'two.yaml'
+    custom.write_text(
+        'name: two\nclasses:\n'
+        '  - {name: Roads, color: [128, 64, 128]}\n'
+        '  - {name: Cars, color: [0, 0, 142]}\n'
+    )
+    with pytest.raises(
+        replay.ReplayError, match=r'--seg-class-set: no mapping from lyft13 to two'
+    ):
+        replay.DatasetSource(dataset, seg_class_set=str(custom))
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
@@ -206,7 +230,7 @@ def test_replay_dataset_then_bag_through_the_recorder(dataset: Path, tmp_path: P
     seg = topics[SEG][0]
     assert seg.header.frame_id == 'ego_vehicle/semantic_segmentation_front'
     colours = np.unique(seg.data.reshape(72, 96, 4)[..., 2::-1].reshape(-1, 3), axis=0)
-    assert (LYFT13.color_to_id(colours) != 255).all()  # only palette colours
+    assert (CARLA23.color_to_id(colours) != 255).all()  # only the bridge's palette colours
     assert topics[CAMERA_INFO][0].k[0] == pytest.approx(48.0)  # fx = 96 / 2 / tan(45 deg)
 
     # The recorded bag replays too, unchanged.
