@@ -42,7 +42,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/semseg bench --out runs/bench
 
-# The shipped demo model: train with the default CPU config on synthetic data (~13 min on two
+# The shipped demo model: train with the default CPU config on synthetic data (~12 min on two
 # cores), evaluate it on its test split, export it to ONNX. models/README.md records a run.
 model: $(STAMP)
 	$(BIN)/semseg train --config cpu --out runs/train/cpu_default

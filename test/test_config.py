@@ -44,7 +44,10 @@ def test_overrides_parse_yaml_values():
     )
     assert config.optim.lr == pytest.approx(1e-3)
     assert config.model.base_channels == 8
-    assert config.model.unet_config(13) == UNetConfig(num_classes=13, base_channels=8, depth=2)
+    expected = UNetConfig(
+        num_classes=13, base_channels=8, depth=2, stem_stride=2, upsampling='nearest'
+    )  # the realtime preset's other fields
+    assert config.model.unet_config(13) == expected
     assert config.data.cache is False
     assert config.data.input_size == [96, 64]
 

@@ -125,9 +125,10 @@ class ModelSection:
     base_channels: int | None = None
     depth: int | None = None
     batch_norm: bool | None = None
-    upsampling: Literal['transpose', 'bilinear'] | None = None
+    upsampling: Literal['transpose', 'bilinear', 'nearest'] | None = None
     dropout: float | None = None
     pad_mode: Literal['replicate', 'constant'] | None = None
+    stem_stride: int | None = None
 
     def unet_config(self, num_classes: int) -> UNetConfig:
         overrides = {

@@ -7,15 +7,22 @@ and the logits cropped back, so an 800x600 CARLA frame just works.
 
 Presets (measured with :func:`count_parameters` and :func:`count_macs` on a 1x3x600x800
 input, 13 classes; MACs count convolutions only, one multiply-accumulate each, and include
-the padding of 600 to 608 rows). CPU time: one forward pass, batch 1, one thread of a shared
-x86 dev box, torch 2.13 CPU, ``inference_mode`` (indicative only):
+the padding of 600 to 608 rows). CPU time: one forward pass, batch 1, one thread of the
+2-core x86 dev box, torch 2.13 CPU, ``inference_mode`` (indicative only):
 
-========  ====  =====  ==========  ==========  =============  ==============
-preset    base  depth  upsampling  parameters  GMACs 800x600  CPU ms 800x600
-========  ====  =====  ==========  ==========  =============  ==============
-realtime  16    4      transpose   1.94 M      22.6           ~650
-accurate  32    5      transpose   31.1 M      110.9          ~2500
-========  ====  =====  ==========  ==========  =============  ==============
+========  ====  =====  ===========  ==========  ==========  =============  ==============
+preset    base  depth  stem stride  upsampling  parameters  GMACs 800x600  CPU ms 800x600
+========  ====  =====  ===========  ==========  ==========  =============  ==============
+realtime  16    3      2            nearest     0.45 M      4.19           ~120
+accurate  32    5      1            transpose   31.1 M      110.9          ~2500
+========  ====  =====  ===========  ==========  ==========  =============  ==============
+
+``realtime`` is shaped for CPUs and INT8: the classic full-resolution first level with 8
+channels (0.49 M parameters, 5.73 GMACs) spent most of its time in thin layers where
+onnxruntime's int8 kernels are no faster than float (INT8 1.01x FP32); this one trains twice
+as fast on the CPU, scores higher there (test mIoU 0.736 vs 0.705) and runs INT8 1.6x faster
+than FP32 (models/README.md). Its logits come from the half-resolution first level, repeated
+2x2: thin classes (road lines) lose a little of their edges.
 
 (The original paper's network is ``base_channels=64, depth=4``: 31.0 M parameters.)
 """
@@ -31,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Upsampling = Literal['transpose', 'bilinear']
+Upsampling = Literal['transpose', 'bilinear', 'nearest']
 PadMode = Literal['replicate', 'constant']
 
 
@@ -42,9 +49,17 @@ class UNetConfig:
     ``depth`` is the number of 2x downsamplings (the paper's network has 4); the channel
     count at level ``i`` is ``base_channels * 2 ** i``. ``upsampling='bilinear'`` is the
     resize-then-convolve decoder (no checkerboard artefacts, fewer parameters);
-    ``'transpose'`` is the paper's learned 2x2 up-convolution. ``dropout`` applies
+    ``'transpose'`` is the paper's learned 2x2 up-convolution; ``'nearest'`` projects with a
+    1x1 convolution, then repeats pixels 2x2 (see :class:`Up`). ``dropout`` applies
     ``Dropout2d`` at the bottleneck, as the paper does at the end of the contracting path.
-    ``pad_mode`` fills the padding added for sizes that are not multiples of ``2 ** depth``.
+    ``pad_mode`` fills the padding added for sizes that are not multiples of
+    :attr:`size_multiple`.
+
+    ``stem_stride=2`` makes the first convolution stride 2, so the first level (the fewest
+    channels on the most pixels) runs at half resolution, and the logits are upsampled 2x at
+    the end (bilinear with ``upsampling='bilinear'``, else nearest). On a CPU, thin
+    full-resolution layers dominate the time and gain nothing from INT8: onnxruntime's int8
+    convolutions beat float only from about 16 channels up (models/README.md).
     """
 
     num_classes: int = 13
@@ -55,6 +70,7 @@ class UNetConfig:
     upsampling: Upsampling = 'transpose'
     dropout: float = 0.0
     pad_mode: PadMode = 'replicate'
+    stem_stride: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,10 +82,11 @@ class UNetConfig:
             problems.append(f'base_channels must be >= 1, got {self.base_channels}')
         if not 1 <= self.depth <= 7:
             problems.append(f'depth must be 1..7 downsamplings, got {self.depth}')
-        if self.upsampling not in ('transpose', 'bilinear'):
-            problems.append(
-                f"upsampling must be 'transpose' or 'bilinear', got {self.upsampling!r}"
-            )
+        if self.upsampling not in ('transpose', 'bilinear', 'nearest'):
+            choices = "'transpose', 'bilinear' or 'nearest'"
+            problems.append(f'upsampling must be {choices}, got {self.upsampling!r}')
+        if self.stem_stride not in (1, 2):
+            problems.append(f'stem_stride must be 1 or 2, got {self.stem_stride}')
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f'dropout must be in [0, 1), got {self.dropout}')
         if self.pad_mode not in ('replicate', 'constant'):
@@ -79,8 +96,8 @@ class UNetConfig:
 
     @property
     def size_multiple(self) -> int:
-        """Inputs are padded internally to a multiple of this (``2 ** depth``)."""
-        return 2**self.depth
+        """Inputs are padded internally to a multiple of this (``stem_stride * 2 ** depth``)."""
+        return self.stem_stride * 2**self.depth
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,8 +114,9 @@ class UNetConfig:
 
 
 PRESETS: dict[str, UNetConfig] = {
-    # Small enough for CPU inference and for a laptop GPU at camera rate.
-    'realtime': UNetConfig(base_channels=16, depth=4),
+    # CPU-first: the first level at half resolution, no layer thinner than 16 channels, a
+    # decoder that stays int8 in onnxruntime (models/README.md has the measurements).
+    'realtime': UNetConfig(base_channels=16, depth=3, stem_stride=2, upsampling='nearest'),
     # The paper's capacity (its deepest level has 1024 channels too) with one level more
     # of receptive field for 800x600 frames.
     'accurate': UNetConfig(base_channels=32, depth=5),
@@ -113,13 +131,20 @@ def preset(name: str, **overrides: Any) -> UNetConfig:
 
 
 class DoubleConv(nn.Sequential):
-    """(conv 3x3 -> [BN] -> ReLU) x 2. Shape: (N, C_in, H, W) -> (N, C_out, H, W)."""
+    """(conv 3x3 -> [BN] -> ReLU) x 2. Shape: (N, C_in, H, W) -> (N, C_out, H / s, W / s).
 
-    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True) -> None:
+    ``stride`` (s) applies to the first convolution (the stem of ``stem_stride=2``).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, batch_norm: bool = True, stride: int = 1
+    ) -> None:
         layers: list[nn.Module] = []
-        for c_in in (in_channels, out_channels):
+        for c_in, s in ((in_channels, stride), (out_channels, 1)):
             # The bias is redundant in front of batch norm (BN subtracts the mean).
-            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=not batch_norm))
+            layers.append(
+                nn.Conv2d(c_in, out_channels, 3, stride=s, padding=1, bias=not batch_norm)
+            )
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
             layers.append(nn.ReLU(inplace=True))
@@ -136,6 +161,15 @@ class Up(nn.Module):
         super().__init__()
         if config.upsampling == 'transpose':
             self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        elif config.upsampling == 'nearest':
+            # A 1x1 convolution commutes with pixel repetition, so projecting first is the
+            # same function as repeat-then-project at a quarter of the MACs (a transposed 2x2
+            # convolution with four equal taps). Both ops run in int8 in onnxruntime, where a
+            # bilinear resize or a transposed convolution falls back to float.
+            self.up = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1),
+                nn.Upsample(scale_factor=2, mode='nearest'),
+            )
         else:
             # Resize-convolution (Odena et al., 2016); exports as an ONNX Resize + Conv.
             self.up = nn.Sequential(
@@ -166,7 +200,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         c = [config.base_channels * 2**i for i in range(config.depth + 1)]
-        self.inc = DoubleConv(config.in_channels, c[0], config.batch_norm)
+        self.inc = DoubleConv(config.in_channels, c[0], config.batch_norm, config.stem_stride)
         self.downs = nn.ModuleList(
             nn.Sequential(nn.MaxPool2d(2), DoubleConv(c[i], c[i + 1], config.batch_norm))
             for i in range(config.depth)
@@ -178,7 +212,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2], x.shape[-1]
         m = self.config.size_multiple
-        # Pad bottom / right up to a multiple of 2**depth so every pooling halves exactly and
+        # Pad bottom / right up to a multiple of m so every downsampling halves exactly and
         # each upsampled map matches its skip. Replicate (default) rather than zeros: the
         # padded strip is cropped away, but its content leaks into the kept border pixels
         # through the receptive field, and repeating the edge adds no artificial edge there.
@@ -188,13 +222,17 @@ class UNet(nn.Module):
         pad_w = (W + m - 1) // m * m - W
         x = F.pad(x, [0, pad_w, 0, pad_h], mode=self.config.pad_mode)  # (N, C_in, Hp, Wp)
 
-        skips = [self.inc(x)]  # (N, c0, Hp, Wp)
+        # (h, w) = (Hp, Wp) / stem_stride: the first level's size.
+        skips = [self.inc(x)]  # (N, c0, h, w)
         for down in self.downs:
-            skips.append(down(skips[-1]))  # (N, c_i, Hp / 2^i, Wp / 2^i)
-        y = self.dropout(skips.pop())  # (N, c_depth, Hp / 2^depth, Wp / 2^depth)
+            skips.append(down(skips[-1]))  # (N, c_i, h / 2^i, w / 2^i)
+        y = self.dropout(skips.pop())  # (N, c_depth, h / 2^depth, w / 2^depth)
         for up in self.ups:
             y = up(y, skips.pop())  # each: channels / 2, size x 2
-        logits = self.head(y)  # (N, num_classes, Hp, Wp)
+        logits = self.head(y)  # (N, num_classes, h, w)
+        if self.config.stem_stride > 1:
+            mode = 'bilinear' if self.config.upsampling == 'bilinear' else 'nearest'
+            logits = F.interpolate(logits, scale_factor=float(self.config.stem_stride), mode=mode)
         return logits[..., :H, :W]  # (N, num_classes, H, W)
 
 
