@@ -672,7 +672,7 @@ class NodeCore:
         self.skipped = 0  # frames taken while no output had a subscriber
         self._now_ns = now_ns
         self._clock = clock
-        self._last_report = {'bad': 0, 'received': 0, 'failed': 0}
+        self._last_report = {'bad': 0, 'received': 0, 'failed': 0, 'skipped': 0}
         self.matcher: GroundTruthMatcher[Any] | None = None
         self.iou: OnlineIoU | None = None
         self._evaluations: deque[tuple[np.ndarray, Any]] = deque(maxlen=4)
@@ -795,7 +795,13 @@ class NodeCore:
         new_bad = bad_total - self._last_report['bad']
         new_frames = received - self._last_report['received']
         new_failed = self.failed - self._last_report['failed']
-        self._last_report = {'bad': bad_total, 'received': received, 'failed': self.failed}
+        new_skipped = self.skipped - self._last_report['skipped']
+        self._last_report = {
+            'bad': bad_total,
+            'received': received,
+            'failed': self.failed,
+            'skipped': self.skipped,
+        }
         miou = None
         per_class = None
         gt = None
@@ -820,7 +826,9 @@ class NodeCore:
             dropped_stale=self.slot.dropped,
             dropped_bad=self.bad_input.counts,
             failed=self.failed,
+            skipped=self.skipped,
             new_frames=new_frames,
+            new_skipped=new_skipped,
             new_bad=new_bad,
             new_failed=new_failed,
             backend=str(getattr(self.segmenter, 'backend_name', '?')),
@@ -850,9 +858,11 @@ def diagnostics_status(
     model: str,
     class_set: str,
     failed: int = 0,
+    skipped: int = 0,
     new_frames: int = 1,
     new_bad: int = 0,
     new_failed: int = 0,
+    new_skipped: int = 0,
     hardware_id: str = '',
     miou: float | None = None,
     per_class_iou: Mapping[str, float] | None = None,
@@ -863,7 +873,9 @@ def diagnostics_status(
     Returns ``{'level': int, 'name', 'message', 'hardware_id', 'values': [(key, value)]}``,
     every value a string. The level is ERROR when frames failed (a bug: see the log) since
     the last report, WARN when no frame arrived since the last report or
-    malformed frames were dropped since then, else OK. The adapter converts it to its own
+    malformed frames were dropped since then, else OK (saying so when every frame since the
+    last report was skipped because no output had a subscriber). The adapter converts it to
+    its own
     message type (rclpy's ``level`` is ``bytes([level])``; rosbags' an int).
     """
     values: list[tuple[str, str]] = [
@@ -876,6 +888,7 @@ def diagnostics_status(
         ('frames received', str(received)),
         ('frames dropped (stale)', str(dropped_stale)),
         ('frames failed', str(failed)),
+        ('frames skipped (no subscriber)', str(skipped)),
         ('frames dropped (bad input)', str(sum(dropped_bad.values()))),
         *((f'frames dropped ({kind})', str(n)) for kind, n in sorted(dropped_bad.items())),
         ('backend', backend),
@@ -897,6 +910,9 @@ def diagnostics_status(
         level, message = WARN, f'no images on {INPUT_TOPIC!r} since the last report'
     elif new_bad:
         level, message = WARN, f'{new_bad} malformed frame(s) dropped since the last report'
+    elif new_skipped == new_frames:
+        level = OK
+        message = f'idle: no subscriber on any output ({new_skipped} frame(s) not processed)'
     else:
         level = OK
         message = f'{output_rate:.1f} Hz out, p50 latency {_ms(latency.p50)} ms'

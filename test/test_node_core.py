@@ -530,6 +530,9 @@ def test_no_subscribers_means_no_inference():
     core.on_image(image_msg(rgb_frame(), 'rgb8'))
     assert run_steps(core, NO_OUTPUTS) == []
     assert seg.calls['segment'] == 0 and core.skipped == 1
+    status = core.diagnostics()  # says why nothing comes out, rather than looking stuck
+    assert status['message'].startswith('idle: no subscriber on any output (1 frame')
+    assert dict(status['values'])['frames skipped (no subscriber)'] == '1'
 
 
 def test_worker_thread_newest_frame_wins_and_headers_pass_through():
@@ -711,6 +714,10 @@ def test_diagnostics_status_levels_and_messages():
     assert diagnostics_status(**common, new_bad=2)['level'] == WARN
     assert diagnostics_status(**common, new_frames=0)['level'] == WARN
     assert diagnostics_status(**common, new_failed=1)['level'] == ERROR
+    idle = diagnostics_status(**common, skipped=7, new_frames=3, new_skipped=3)
+    assert idle['level'] == OK
+    assert idle['message'] == 'idle: no subscriber on any output (3 frame(s) not processed)'
+    assert dict(idle['values'])['frames skipped (no subscriber)'] == '7'
 
 
 # --- proof of life: the real Segmenter on a tiny ONNX model -----------------------------------
