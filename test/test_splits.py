@@ -12,9 +12,11 @@ import pytest
 from semseg_ros.labels import CARLA23, class_set_from_dict
 from training.data.lyft import DatasetError, Sample, scan_dataset
 from training.data.splits import (
+    episode_split,
     has_original_episodes,
     load_manifest,
     main,
+    make_split,
     original_split,
     random_split,
     write_manifest,
@@ -98,6 +100,47 @@ def test_random_split_fractions_use_every_sample():
 def test_random_split_errors(sizes, match):
     with pytest.raises(ValueError, match=match):
         random_split(fake_samples(50), sizes)
+
+
+def drives(*lengths: int) -> list[Sample]:
+    """Episodes 'drive0', 'drive1', ... of the given frame counts."""
+    return [s for i, n in enumerate(lengths) for s in fake_samples(n, f'drive{i}')]
+
+
+def test_episode_split_keeps_every_episode_in_one_split():
+    samples = drives(10, 12, 8, 9, 11, 10, 7, 13, 10, 10)  # 100 frames, 10 drives
+    splits = episode_split(samples, (0.6, 0.2, 0.2), seed=1)
+    episodes = {name: {s.episode for s in items} for name, items in splits.items()}
+    assert not (episodes['train'] & episodes['val'] or episodes['train'] & episodes['test'])
+    assert not episodes['val'] & episodes['test']
+    assert sorted(s for v in splits.values() for s in v) == sorted(samples)  # all used
+    # Sizes are met by whole episodes, so approximately.
+    assert [len(splits[k]) for k in ('train', 'val', 'test')] == pytest.approx(
+        [60, 20, 20], abs=13
+    )
+    # Deterministic, independent of input order, different with another seed.
+    assert episode_split(list(reversed(samples)), (0.6, 0.2, 0.2), seed=1) == splits
+    assert make_split(samples, 'episodes', (0.6, 0.2, 0.2), 1) == splits
+    assert episode_split(samples, (0.6, 0.2, 0.2), seed=2) != splits
+
+
+def test_episode_split_counts_leave_surplus_episodes_out():
+    splits = episode_split(drives(5, 5, 5, 5, 5, 5), (10, 5, 0), seed=0)
+    assert [len(splits[k]) for k in ('train', 'val', 'test')] == [10, 5, 0]
+
+
+def test_episode_split_needs_an_episode_per_split():
+    with pytest.raises(ValueError, match=r'needs as many episodes; the dataset has 2 .*random'):
+        episode_split(drives(20, 20), (0.6, 0.2, 0.2))
+    assert [len(v) for v in episode_split(drives(20, 20), (0.5, 0.5, 0)).values()] == [20, 20, 0]
+
+
+def test_make_split_resolves_auto_and_rejects_unknown_methods(tmp_path):
+    lyft = scan_dataset(make_lyft(tmp_path, 2)).samples
+    assert make_split(lyft, 'auto') == original_split(lyft)
+    assert make_split(fake_samples(10), 'auto', seed=3) == random_split(fake_samples(10), seed=3)
+    with pytest.raises(ValueError, match="one of \\('original', 'episodes', 'random'\\)"):
+        make_split(fake_samples(10), 'stratified')
 
 
 def test_manifest_round_trip_is_relative_to_root(tmp_path):
@@ -184,6 +227,22 @@ def test_cli_random_for_a_single_folder(tmp_path, capsys):
     assert manifest.class_set == 'carla23' and manifest.info['source'] == 'carla'
     assert main([str(tmp_path / 'run'), '--sizes', '5,2,1', '--out', str(out_path)]) == 0
     assert load_manifest(out_path).counts == {'train': 5, 'val': 2, 'test': 1}
+
+
+def test_cli_episode_split(tmp_path, capsys):
+    for episode in range(5):
+        for i in range(4):
+            write_pair(tmp_path / f'drive{episode}', f'{i}')
+    assert main([str(tmp_path), '--method', 'episodes', '--sizes', '0.6,0.2,0.2']) == 0
+    out = capsys.readouterr().out
+    assert 'method: episodes' in out
+    manifest = load_manifest(tmp_path / 'manifest.json')
+    assert manifest.info['method'] == 'episodes' and manifest.counts == {
+        'train': 12,
+        'val': 4,
+        'test': 4,
+    }
+    assert len({s.episode for s in manifest.splits['val']}) == 1
 
 
 def test_cli_errors(tmp_path, capsys):

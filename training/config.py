@@ -70,8 +70,8 @@ class DataConfig:
     #: one written into the run folder with ``split``.
     manifest: str | None = None
     #: How to split when no manifest exists: auto (original A,B,C/D/E when those episodes
-    #: exist, else random), original, random.
-    split: Literal['auto', 'original', 'random'] = 'auto'
+    #: exist, else random), original, episodes (whole episodes per split), random.
+    split: Literal['auto', 'original', 'episodes', 'random'] = 'auto'
     split_seed: int = 0
     #: Random split sizes for train, val, test: fractions (0.8) or counts (640).
     split_sizes: list[int | float] = field(default_factory=lambda: [0.6, 0.2, 0.2])

@@ -57,10 +57,9 @@ from training.data.lyft import (
 from training.data.splits import (
     DEFAULT_FRACTIONS,
     SPLIT_NAMES,
-    has_original_episodes,
     load_manifest,
-    original_split,
-    random_split,
+    make_split,
+    resolve_method,
 )
 from training.predict import PredictError, Predictor, positive_int, resolve_device
 
@@ -171,15 +170,16 @@ def load_split(source: DataSource, split: str = 'test') -> EvalData:
     if not scan.samples:
         msg = f'no image/label pairs found under {data_dir}; run `semseg data check {data_dir}`'
         raise EvaluationError(msg)
-    method = source.method
-    if method == 'auto':
-        method = 'original' if has_original_episodes(scan.samples) else 'random'
+    method = resolve_method(source.method, scan.samples)
+    try:
+        splits = make_split(scan.samples, method, source.sizes, source.seed)
+    except ValueError as err:
+        raise EvaluationError(f'{data_dir}: {err}') from err
     if method == 'original':
-        splits, described = original_split(scan.samples), 'original (dataA,B,C / D / E)'
+        described = 'original (dataA,B,C / D / E)'
     else:
-        splits = random_split(scan.samples, source.sizes, seed=source.seed)
         sizes = '/'.join(f'{s:g}' for s in source.sizes)
-        described = f'random {sizes}, seed {source.seed}'
+        described = f'{method} {sizes}, seed {source.seed}'
     samples = _pick_split(splits, split, f'dataset {data_dir} ({described} split)')
     note = (
         f'{data_dir} has no {MANIFEST_NAME}: used the {described} split; pass the manifest the '

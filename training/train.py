@@ -61,10 +61,9 @@ from training.config import (
 from training.data.lyft import DatasetError, scan_dataset
 from training.data.splits import (
     Manifest,
-    has_original_episodes,
     load_manifest,
-    original_split,
-    random_split,
+    make_split,
+    resolve_method,
     write_manifest,
 )
 from training.datasets import (
@@ -281,17 +280,12 @@ def prepare_manifest(
         if not scan.samples:
             msg = f'no image/label pairs under {root}; run `semseg data check {root}`'
             raise DatasetError(msg, path=root, kind='layout')
-        method = data.split
-        if method == 'auto':
-            method = 'original' if has_original_episodes(scan.samples) else 'random'
-        if method == 'original':
-            splits, seed = original_split(scan.samples), None
-        else:
-            try:
-                splits = random_split(scan.samples, data.split_sizes, data.split_seed)
-            except ValueError as err:
-                raise ConfigError(f'data.split_sizes: {err}') from err
-            seed = data.split_seed
+        method = resolve_method(data.split, scan.samples)
+        try:
+            splits = make_split(scan.samples, method, data.split_sizes, data.split_seed)
+        except ValueError as err:
+            raise ConfigError(f'data.split / data.split_sizes: {err}') from err
+        seed = None if method == 'original' else data.split_seed
         from training.data.lyft import dataset_class_set
 
         class_set = get_class_set(data.class_set) if data.class_set else dataset_class_set(root)

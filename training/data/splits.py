@@ -1,12 +1,15 @@
 """Train/val/test splits of a dataset and the manifest file that records them.
 
-Two methods:
+Three methods (:func:`make_split` picks one by name):
 
 * ``original``: the Lyft-Udacity challenge's own split, by episode: dataA, dataB, dataC
   train / dataD val / dataE test.
-* ``random``: a seeded shuffle of all samples into sizes given as counts or fractions (for
-  datasets without the A-E episodes, e.g. one CARLA collector run). Frames of one episode
-  are strongly correlated, so prefer splitting by episode when there are several.
+* ``episodes``: a seeded shuffle of whole episodes (sequence folders, e.g. several CARLA
+  collector runs), filled into sizes given as counts or fractions of the samples. Frames of
+  one episode are strongly correlated, so no episode is shared between splits.
+* ``random``: a seeded shuffle of all samples into those sizes (for datasets of independent
+  frames, or a single episode). Neighbouring frames of one drive then land in different
+  splits, which flatters the val / test scores.
 
 The manifest (JSON) lists every sample's files relative to the dataset root, plus the class
 set, the method, the seed, the counts and when it was made, so a training run can say
@@ -48,6 +51,7 @@ SPLIT_NAMES = ('train', 'val', 'test')
 #: The challenge's split: the episode letter (dataA ... dataE) -> split.
 ORIGINAL_SPLIT = {'A': 'train', 'B': 'train', 'C': 'train', 'D': 'val', 'E': 'test'}
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+SPLIT_METHODS = ('original', 'episodes', 'random')
 MANIFEST_FORMAT = 'semseg_ros/manifest'
 MANIFEST_VERSION = 1
 
@@ -166,6 +170,69 @@ def random_split(
         splits[name] = sorted((ordered[i] for i in chosen), key=_sort_key)
         start += count
     return splits
+
+
+def episode_split(
+    samples: Iterable[Sample],
+    sizes: Sequence[float] | Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> dict[str, list[Sample]]:
+    """A seeded split of whole episodes, sized like :func:`random_split` in samples.
+
+    Episodes are shuffled with ``seed`` and each goes to the split furthest below its target
+    (relative to the target); once every target is met, the remaining episodes are left out.
+    Split sizes are therefore approximate, by whole episodes. Raises ValueError when there
+    are fewer episodes than splits asked for.
+    """
+    ordered = sorted(samples, key=_sort_key)
+    targets = _resolve_sizes(sizes, len(ordered))
+    by_episode: dict[str, list[Sample]] = {}
+    for sample in ordered:
+        by_episode.setdefault(sample.episode, []).append(sample)
+    wanted = [name for name, t in zip(SPLIT_NAMES, targets, strict=True) if t > 0]
+    if len(by_episode) < len(wanted):
+        msg = (
+            f'an episode split of {len(wanted)} non-empty splits needs as many episodes; the '
+            f'dataset has {len(by_episode)} ({sorted(by_episode)}); use --method random'
+        )
+        raise ValueError(msg)
+    names = sorted(by_episode)
+    splits: dict[str, list[Sample]] = {name: [] for name in SPLIT_NAMES}
+    for index in np.random.default_rng(seed).permutation(len(names)):
+        deficits = [
+            (t - len(splits[name])) / t if t else 0.0
+            for name, t in zip(SPLIT_NAMES, targets, strict=True)
+        ]
+        best = int(np.argmax(deficits))  # ties: train first
+        if deficits[best] <= 0:
+            break
+        splits[SPLIT_NAMES[best]] += by_episode[names[index]]
+    return {name: sorted(items, key=_sort_key) for name, items in splits.items()}
+
+
+def resolve_method(method: str, samples: Sequence[Sample]) -> str:
+    """``auto`` -> ``original`` when the samples are exactly dataA..dataE, else ``random``."""
+    if method == 'auto':
+        return 'original' if has_original_episodes(samples) else 'random'
+    if method not in SPLIT_METHODS:
+        raise ValueError(f'split method must be auto or one of {SPLIT_METHODS}, got {method!r}')
+    return method
+
+
+def make_split(
+    samples: Sequence[Sample],
+    method: str,
+    sizes: Sequence[float] | Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> dict[str, list[Sample]]:
+    """The split of ``samples`` by ``method`` (one of :data:`SPLIT_METHODS`; ``sizes`` and
+    ``seed`` apply to ``episodes`` and ``random``)."""
+    method = resolve_method(method, samples)
+    if method == 'original':
+        return original_split(samples)
+    if method == 'episodes':
+        return episode_split(samples, sizes, seed)
+    return random_split(samples, sizes, seed)
 
 
 # --- The manifest file ----------------------------------------------------------------------
@@ -337,14 +404,16 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         description=(
             'Write a train/val/test manifest for a dataset in the Lyft-Udacity layout. '
             'Default: the original split (dataA,B,C train / D val / E test) when those '
-            'episodes exist, else a seeded random 60/20/20 split.'
+            'episodes exist, else a seeded random 60/20/20 split. Sequences of several '
+            'episodes: --method episodes keeps each episode in one split.'
         ),
     )
     parser.add_argument('dir', type=Path, help='dataset root (holds dataA..dataE or CameraRGB/)')
     parser.add_argument(
         '--method',
-        choices=('original', 'random'),
-        help='original (by episode A-E) or random (seeded shuffle); default: see above',
+        choices=SPLIT_METHODS,
+        help='original (by episode A-E), episodes (seeded shuffle of whole episodes) or '
+        'random (seeded shuffle of samples); default: see above',
     )
     parser.add_argument(
         '--sizes',
@@ -375,7 +444,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     if args.method == 'original' and args.sizes is not None:
         parser.print_usage(sys.stderr)
-        print(f'{parser.prog}: error: --sizes applies to --method random only', file=sys.stderr)
+        msg = '--sizes applies to --method random or episodes only'
+        print(f'{parser.prog}: error: {msg}', file=sys.stderr)
         return 2
     try:
         class_set = (
@@ -401,11 +471,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f'method: {method} ({why}; choose with --method)')
         else:
             print(f'method: {method}')
-        if method == 'original':
-            splits, seed = original_split(scan.samples), None
-        else:
-            sizes = args.sizes if args.sizes is not None else DEFAULT_FRACTIONS
-            splits, seed = random_split(scan.samples, sizes, args.seed), args.seed
+        sizes = args.sizes if args.sizes is not None else DEFAULT_FRACTIONS
+        splits = make_split(scan.samples, method, sizes, args.seed)
+        seed = None if method == 'original' else args.seed
+        if seed is not None:
             print(f'sizes: {",".join(str(s) for s in sizes)}  seed: {seed}')
         out = args.out if args.out is not None else args.dir / 'manifest.json'
         extra: dict[str, Any] = {}
