@@ -264,6 +264,46 @@ def test_data_dir_without_manifest_uses_the_default_split_and_says_so(tmp_path, 
     assert '--manifest' in capsys.readouterr().err
 
 
+def test_exported_models_score_like_their_checkpoint_through_the_segmenter(tmp_path, setup):
+    from training.export import export_onnx, quantize_int8
+
+    _, manifest, ckpt = setup
+    onnx_path = tmp_path / 'model.onnx'
+    export_onnx(ckpt, onnx_path)
+    reference = evaluate(ckpt, manifest=manifest)
+    metrics = evaluate(onnx_path, manifest=manifest)  # backend auto: onnxruntime
+    assert metrics['miou'] == pytest.approx(reference['miou'], abs=1e-6)
+    assert metrics['matrix'] == reference['matrix']  # the same pixels, the same classes
+    assert metrics['timing']['device'] == 'onnxruntime (CPU, fp32)'
+    assert metrics['model']['precision'] == 'fp32'
+    # The source checkpoint (named in the model's provenance) supplies the relabelling.
+    assert metrics['labels']['merge_roadlines'] == reference['labels']['merge_roadlines']
+    frames = [np.zeros((18, 32, 3), np.uint8), np.full((18, 32, 3), 200, np.uint8)]
+    int8 = evaluate(quantize_int8(onnx_path, frames), manifest=manifest)
+    assert int8['model']['precision'] == 'int8' and 0.0 <= int8['miou'] <= 1.0
+
+
+def test_exported_model_without_its_checkpoint_needs_the_data(capsys, tmp_path, setup):
+    from training.export import export_onnx
+
+    _, manifest, _ = setup
+    ckpt = make_checkpoint(tmp_path / 'gone.pt')
+    onnx_path = tmp_path / 'model.onnx'
+    export_onnx(ckpt, onnx_path)
+    ckpt.unlink()
+    code, err = run_cli(capsys, '--model', str(onnx_path))
+    assert code == 2 and 'pass --manifest PATH or --data-dir DIR' in err
+    out = tmp_path / 'out'
+    argv = ['--model', str(onnx_path), '--manifest', str(manifest), '--out', str(out)]
+    assert run_cli(capsys, *argv)[0] == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['labels']['merge_roadlines'] is False  # no checkpoint: labels as stored
+    assert metrics['checkpoint'] is None and metrics['model']['path'] == str(onnx_path)
+    assert f'model {onnx_path} (fp32, lyft13)' in format_table(metrics)
+    code, err = run_cli(capsys, '--model', str(ckpt.with_suffix('.txt')))
+    assert code == 2 and '--model takes .onnx/.engine files' in err
+
+
 # --- Bad input: exit 2 and a message that names the thing and the fix -------------------------
 
 

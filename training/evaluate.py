@@ -61,7 +61,13 @@ from training.data.splits import (
     make_split,
     resolve_method,
 )
-from training.predict import PredictError, Predictor, positive_int, resolve_device
+from training.predict import (
+    BatchResult,
+    PredictError,
+    Predictor,
+    positive_int,
+    resolve_device,
+)
 
 #: Height of the camera that :data:`LYFT_HOOD_ROW` refers to (800x600 Lyft / CARLA frames).
 LYFT_FRAME_HEIGHT = 600
@@ -239,9 +245,45 @@ def _rate(count: int, seconds: float) -> float | None:
     return count / seconds if seconds > 0 else None
 
 
+#: Suffixes of exported models (run through the Segmenter); anything else is a checkpoint.
+MODEL_SUFFIXES = ('.onnx', '.engine')
+
+
+class SegmenterRunner:
+    """An exported model (ONNX FP32 / FP16 / INT8, TensorRT engine) behind the Predictor's
+    interface, through the :class:`~semseg_ros.segmenter.Segmenter` the node uses."""
+
+    def __init__(self, path: Path, backend: str, device: str) -> None:
+        from semseg_ros.engines import EngineError
+        from semseg_ros.model_file import ModelFileError
+        from semseg_ros.segmenter import Segmenter
+
+        # The Segmenter's engines take 'cpu', 'cuda' or 'auto' (no device index).
+        device = 'cuda' if device.startswith('cuda') else device
+        try:
+            self.segmenter = Segmenter.from_model(path, backend=backend, device=device)
+        except (EngineError, ModelFileError, ValueError) as err:
+            raise EvaluationError(str(err)) from err
+        self.class_set = self.segmenter.class_set
+        self.spec = self.segmenter.input_spec
+        self.device = self.segmenter.backend_name
+
+    def warm_up(self, batch_size: int = 1, passes: int = 2) -> None:
+        width, height = self.spec.input_size
+        frame = np.zeros((height, width, 3), np.uint8)
+        for _ in range(passes):
+            self.segmenter.segment_batch([frame] * batch_size)
+
+    def segment(self, frames: list[np.ndarray]) -> BatchResult:
+        results = self.segmenter.segment_batch(frames)
+        n, t = len(results), results[0].timings  # per-frame averages of the batch
+        return BatchResult([r.ids for r in results], t.pre * n, t.infer * n, t.post * n)
+
+
 def evaluate(
     checkpoint_path: str | Path | Checkpoint,
     *,
+    backend: str = 'auto',
     manifest: str | Path | None = None,
     data_dir: str | Path | None = None,
     split: str = 'test',
@@ -252,8 +294,11 @@ def evaluate(
     raw_labels: bool = False,
     progress: bool | None = False,
 ) -> dict[str, Any]:
-    """Run a checkpoint over a split and return the JSON-ready metrics.
+    """Run a checkpoint, or an exported model, over a split and return the JSON-ready metrics.
 
+    An exported model (``.onnx`` in any precision, ``.engine``) runs through the node's
+    :class:`~semseg_ros.segmenter.Segmenter` on ``backend``; its data and label relabelling
+    come from the checkpoint its provenance names, when that file is here.
     ``manifest`` / ``data_dir`` default to the ones the checkpoint's training config
     recorded. ``gt_class_set`` overrides the labels' class set (default: the manifest's or
     the dataset's). ``progress=None`` shows a bar on a terminal only.
@@ -267,13 +312,29 @@ def evaluate(
         raise EvaluationError(f'batch size must be at least 1, got {batch_size}')
     if limit is not None and limit < 1:
         raise EvaluationError(f'limit must be at least 1, got {limit}')
-    torch_device = resolve_device(device)
-    if isinstance(checkpoint_path, Checkpoint):
-        checkpoint, source = checkpoint_path, '<in memory>'
+    exported = not isinstance(checkpoint_path, Checkpoint) and (
+        Path(checkpoint_path).suffix in MODEL_SUFFIXES
+    )
+    runner: Predictor | SegmenterRunner
+    if exported:
+        model_path = Path(checkpoint_path)
+        runner = SegmenterRunner(model_path, backend, device)
+        source_checkpoint = runner.segmenter.model_info.provenance.get('checkpoint')
+        ckpt_file = Path(source_checkpoint) if source_checkpoint else None
+        if ckpt_file is not None and ckpt_file.is_file():
+            checkpoint, source = load_checkpoint(ckpt_file), str(ckpt_file)
+        else:
+            checkpoint, source = None, str(model_path)
+        device_name = runner.device
     else:
-        checkpoint, source = load_checkpoint(checkpoint_path), str(checkpoint_path)
-    predictor = Predictor(checkpoint, torch_device, source=source)
-    model_set = predictor.class_set
+        if isinstance(checkpoint_path, Checkpoint):
+            checkpoint, source = checkpoint_path, '<in memory>'
+        else:
+            checkpoint, source = load_checkpoint(checkpoint_path), str(checkpoint_path)
+        torch_device = resolve_device(device)
+        runner = Predictor(checkpoint, torch_device, source=source)
+        device_name = str(torch_device)
+    model_set = runner.class_set
 
     if manifest is not None or data_dir is not None:
         where = DataSource(
@@ -281,7 +342,13 @@ def evaluate(
             data_dir=None if data_dir is None else Path(data_dir),
         )
     else:
-        ckpt_path = None if isinstance(checkpoint_path, Checkpoint) else Path(checkpoint_path)
+        if checkpoint is None:
+            msg = (
+                f'{checkpoint_path} names no checkpoint that is here to say what data it was '
+                'trained on; pass --manifest PATH or --data-dir DIR'
+            )
+            raise EvaluationError(msg)
+        ckpt_path = None if source == '<in memory>' else Path(source)
         found = data_source_from_checkpoint(checkpoint, ckpt_path)
         if found is None:
             msg = (
@@ -299,7 +366,8 @@ def evaluate(
         remap(np.zeros(1, np.uint8), gt_set, model_set)  # fail now if there is no mapping
     # Score the targets the model was trained for (merged road lines, hood as background);
     # the crop is not applied: cropped rows are scored as predicted background.
-    trained = checkpoint.label_transform or {}
+    # (An exported model without its checkpoint: labels as stored.)
+    trained = (checkpoint.label_transform if checkpoint is not None else None) or {}
     relabel = (
         LabelTransform()
         if raw_labels
@@ -319,13 +387,13 @@ def evaluate(
     lyft_counts = LyftCounts()
     e2e_times, model_times, e2e_per_image, model_per_image = [], [], [], []
     sizes: set[tuple[int, int]] = set()
-    predictor.warm_up(min(batch_size, max(1, len(samples))))
+    runner.warm_up(min(batch_size, max(1, len(samples))))
     bar = tqdm(total=len(samples), unit='img', disable=None if progress is None else not progress)
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
         t0 = time.perf_counter()
         frames = [read_rgb(s.rgb) for s in batch]
-        result = predictor.segment(frames)
+        result = runner.segment(frames)
         e2e = time.perf_counter() - t0
         e2e_times.append(e2e)
         model_times.append(result.model_s)
@@ -347,7 +415,7 @@ def evaluate(
     n = len(samples)
     e2e_fps = _rate(n, sum(e2e_times))
     timing = {
-        'device': str(torch_device),
+        'device': device_name,
         'batch_size': batch_size,
         'torch_threads': torch.get_num_threads(),
         'model_images_per_s': _rate(n, sum(model_times)),
@@ -355,8 +423,9 @@ def evaluate(
         'end_to_end_images_per_s': e2e_fps,
         'end_to_end_ms_per_image_median': 1000.0 * float(np.median(e2e_per_image)),
         'measures': (
-            'model: host->device copy, forward, logits back; end to end: image decode, '
-            'prepare, model, argmax, resize back to the frame (labels and metrics excluded)'
+            'model: host->device copy, forward, logits back (an exported model: its engine, '
+            'argmax included); end to end: image decode, prepare, model, argmax, resize '
+            'back to the frame (labels and metrics excluded)'
         ),
     }
     summary = cm.to_dict(model_set)
@@ -368,11 +437,13 @@ def evaluate(
         'pixels': summary['pixels'],
         'lyft': lyft_score(lyft_counts, fps=e2e_fps) if has_lyft else None,
         'timing': timing,
-        'checkpoint': _provenance(checkpoint, source),
+        # An exported model: the checkpoint it came from, when that file is here (else None).
+        'checkpoint': _provenance(checkpoint, source) if checkpoint is not None else None,
+        **({'model': runner.segmenter.model_info.summary()} if exported else {}),
         'class_set': model_set.name,
         'class_names': list(model_set.names),
         'class_colors': model_set.colors.tolist(),
-        'input': predictor.spec.to_dict(),
+        'input': runner.spec.to_dict(),
         'dataset': {
             **data.info,
             'class_set': gt_set.name,
@@ -401,7 +472,7 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     json_path = out_dir / 'metrics.json'
     json_path.write_text(json.dumps(metrics, indent=1) + '\n')
     names = metrics['class_names']
-    what = f'{metrics["checkpoint"]["path"]} on {metrics["split"]} ({metrics["num_images"]} img)'
+    what = f'{_scored(metrics)} on {metrics["split"]} ({metrics["num_images"]} img)'
     cm_path = plot_confusion_matrix(
         np.array(metrics['matrix']),
         names,
@@ -423,14 +494,27 @@ def _fmt(value: float | None, spec: str = '.3f') -> str:
     return '-' if value is None else format(value, spec)
 
 
+def _scored(metrics: Mapping[str, Any]) -> str:
+    """The file that was run: the exported model, else the checkpoint."""
+    model = metrics.get('model')
+    return str(model['path'] if model else metrics['checkpoint']['path'])
+
+
 def format_table(metrics: Mapping[str, Any]) -> str:
     """A plain-text summary: one row per class, then mIoU, the Lyft score and the speed."""
     ckpt = metrics['checkpoint']
     data = metrics['dataset']
     source = data.get('manifest') or data.get('data_dir')
-    lines = [
-        f'checkpoint {ckpt["path"]} (epoch {ckpt["epoch"]}, step {ckpt["step"]}, '
-        f'config {ckpt["train_config"] or "-"})',
+    lines = []
+    if metrics.get('model'):
+        model = metrics['model']
+        lines.append(f'model {model["path"]} ({model["precision"]}, {model["class_set"]})')
+    if ckpt is not None:
+        lines.append(
+            f'{"from " if metrics.get("model") else ""}checkpoint {ckpt["path"]} (epoch '
+            f'{ckpt["epoch"]}, step {ckpt["step"]}, config {ckpt["train_config"] or "-"})'
+        )
+    lines += [
         f'split {metrics["split"]}: {metrics["num_images"]} images from {source}; '
         f'model classes {metrics["class_set"]}, labels {data["class_set"]}'
         + (' (remapped)' if data['remapped'] else ''),
@@ -472,12 +556,25 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
-            'Score a checkpoint on a dataset split: IoU per class, mIoU, pixel accuracy, '
-            'precision/recall, the Lyft challenge score and the speed. Writes metrics.json, '
-            'confusion_matrix.png and iou_per_class.png.'
+            'Score a checkpoint or an exported model on a dataset split: IoU per class, mIoU, '
+            'pixel accuracy, precision/recall, the Lyft challenge score and the speed. Writes '
+            'metrics.json, confusion_matrix.png and iou_per_class.png.'
         ),
     )
-    parser.add_argument('--checkpoint', type=Path, required=True, help='a training checkpoint')
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument('--checkpoint', type=Path, help='a training checkpoint (run in PyTorch)')
+    what.add_argument(
+        '--model',
+        type=Path,
+        help='an exported model (.onnx FP32/FP16/INT8, .engine), run through the Segmenter '
+        'as the node runs it',
+    )
+    parser.add_argument(
+        '--backend',
+        default='auto',
+        choices=('auto', 'onnxruntime', 'tensorrt', 'torch'),
+        help='engine for --model (default auto)',
+    )
     data = parser.add_mutually_exclusive_group()
     data.add_argument(
         '--manifest',
@@ -491,7 +588,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument('--split', choices=SPLIT_NAMES, default='test', help='default: test')
     parser.add_argument(
-        '--out', type=Path, help='output folder (default: CHECKPOINT_DIR/eval_SPLIT)'
+        '--out',
+        type=Path,
+        help='output folder (default: CHECKPOINT_DIR/eval_SPLIT, or MODEL_DIR/eval_SPLIT_STEM)',
     )
     parser.add_argument('--batch-size', type=positive_int, default=1, help='default 1')
     parser.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default)')
@@ -517,9 +616,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
         return int(err.code or 0)
+    target = args.checkpoint if args.checkpoint is not None else args.model
+    if args.model is not None and args.model.suffix not in MODEL_SUFFIXES:
+        parser.print_usage(sys.stderr)
+        msg = f'--model takes {"/".join(MODEL_SUFFIXES)} files; pass a checkpoint as --checkpoint'
+        print(f'{parser.prog}: error: {msg}', file=sys.stderr)
+        return 2
     try:
         metrics = evaluate(
-            args.checkpoint,
+            target,
+            backend=args.backend,
             manifest=args.manifest,
             data_dir=args.data_dir,
             split=args.split,
@@ -533,7 +639,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (CheckpointError, DatasetError, EvaluationError, PredictError, ClassSetError) as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else args.checkpoint.parent / f'eval_{args.split}'
+    default_out = target.parent / (
+        f'eval_{args.split}' if args.model is None else f'eval_{args.split}_{target.stem}'
+    )
+    out = args.out if args.out is not None else default_out
     paths = write_report(metrics, out)
     print(format_table(metrics))
     note = metrics['dataset'].get('note')
