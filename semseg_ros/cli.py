@@ -8,10 +8,22 @@ when their command runs, so ``semseg --help`` never imports torch.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be >= 1 (``--batch-size``, ``--workers``, ...)."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
+    return value
 
 
 @dataclass(frozen=True)

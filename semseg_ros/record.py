@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = _parser(prog)
     try:
         args = parser.parse_args(argv)
-        require_positive(parser, args, 'duration', 'idle_timeout')
-        if args.count is not None and args.count < 1:
-            parser.error(f'--count must be >= 1, got {args.count}')
+        require_positive(parser, args, 'duration', 'idle_timeout', 'count')
     except SystemExit as err:
         return int(err.code or 0)
     from semseg_ros.transport.process import StopSignal, load_dds

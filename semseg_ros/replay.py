@@ -128,9 +128,11 @@ class DatasetSource:
             raise ReplayError(str(err)) from err
         try:
             self.seg_class_set = get_class_set(seg_class_set or self.class_set)
-            self._to_seg = mapping_lut(self.class_set, self.seg_class_set)  # (256,) uint8
+            to_seg = mapping_lut(self.class_set, self.seg_class_set)  # (256,) uint8
         except ClassSetError as err:
             raise ReplayError(f'--seg-class-set: {err}') from err
+        # Dataset id -> seg_class_set colour in one lookup per frame: (256, 3) RGB.
+        self._seg_colors = self.seg_class_set.id_to_color(to_seg)
         if not scan.samples:
             msg = (
                 f'no image/label pairs under {root}; pass a dataset folder (CameraRGB/ + '
@@ -150,8 +152,8 @@ class DatasetSource:
         bgra = from_rgb(read_rgb(sample.rgb), 'bgra8')  # (H, W, 4)
         if not self.labels:
             return bgra, None
-        ids = self._to_seg[read_label(sample.label)]  # (H, W) seg_class_set ids
-        return bgra, from_rgb(self.seg_class_set.id_to_color(ids), 'bgra8')
+        colors = self._seg_colors[read_label(sample.label)]  # (H, W, 3) RGB
+        return bgra, from_rgb(colors, 'bgra8')
 
 
 def bag_ticks(path: Path) -> Iterator[list[tuple[str, str, bytes]]]:
@@ -338,9 +340,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    require_positive(parser, args, 'rate', 'sim_hz', 'duration')
-    if args.count is not None and args.count < 1:
-        parser.error(f'--count must be >= 1, got {args.count}')
+    require_positive(parser, args, 'rate', 'sim_hz', 'duration', 'count')
     if not 0 < args.fov < 180:
         parser.error(f'--fov must be in (0, 180) degrees, got {args.fov}')
     if not args.source.exists():

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from semseg_ros.cli import positive_int
 from semseg_ros.labels import UNKNOWN_ID, ClassSet, ClassSetError, get_class_set, remap
 from semseg_ros.metrics import (
     LYFT_HOOD_ROW,
@@ -65,7 +66,6 @@ from training.predict import (
     BatchResult,
     PredictError,
     Predictor,
-    positive_int,
     resolve_device,
 )
 

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from semseg_ros.cli import positive_int
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set, remap
 from semseg_ros.pipeline import InputSpec, logits_to_ids, prepare, restore_ids
 from semseg_ros.visualize import caption, contact_sheet, label_panel, legend, overlay, write_rgb
@@ -360,17 +361,6 @@ def predict(
 
 
 # --- CLI -------------------------------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    """argparse type for ``--batch-size`` / ``--limit`` (shared with ``semseg evaluate``)."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
-    return value
 
 
 def _alpha(text: str) -> float:

@@ -89,6 +89,7 @@ class OnnxRuntimeEngine(Engine):
         self._on_cpu = self._provider == CPU
         self._binding = self._session.io_binding() if self._on_cpu else None
         self._logits: np.ndarray | None = None  # (N, C, h, w) output buffer on CPU
+        self._ids_output = info.ids_output  # None for files exported before it existed
 
     @property
     def device(self) -> str:
@@ -104,13 +105,12 @@ class OnnxRuntimeEngine(Engine):
             return self._run(batch, self.info.output_name, self._logits)
 
     def infer_ids(self, batch: np.ndarray) -> np.ndarray:
-        ids_output = self.info.ids_output
-        if ids_output is None:
+        if self._ids_output is None:
             return super().infer_ids(batch)
         batch = self.check_batch(batch)
         n, _, h, w = batch.shape
         # A fresh array per call, as the interface promises for ids (callers keep them).
-        return self._run(batch, ids_output, np.empty((n, h, w), np.uint8))
+        return self._run(batch, self._ids_output, np.empty((n, h, w), np.uint8))
 
     def _run(self, batch: np.ndarray, output: str, out: np.ndarray) -> np.ndarray:
         """One output of one batch; on CPU onnxruntime writes straight into ``out``."""

@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from semseg_ros.cli import positive_int
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from training.data.lyft import (
     DATASET_INFO,
@@ -470,16 +471,6 @@ def _parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _parse_workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f'{text!r}: workers must be an integer >= 1') from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{text!r}: workers must be >= 1')
-    return value
-
-
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -500,7 +491,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument('--out', type=Path, help='report folder (default DIR/check/)')
     parser.add_argument(
-        '--workers', type=_parse_workers, default=1, help='decoding processes (default 1)'
+        '--workers', type=positive_int, default=1, help='decoding processes (default 1)'
     )
     return parser
 
