@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Both set up .venv on a fresh machine.
+# The README's two commands: `make demo` and `make test`. Both set up .venv on a fresh machine,
+# ROS 2 (Kilted's rclpy on Fast DDS, from PyPI) included: the `ros` extra.
 #
 # torch is pinned here, in the make path only: 2.13.0 is the CPU build these machines carry
 # (an unpinned `torch` would pull gigabytes of CUDA packages). GPU users install the package
@@ -19,7 +20,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet -e '.[train,test]'
+	$(BIN)/python -m pip install --quiet -e '.[train,test,ros]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -36,8 +37,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Coverage of this package, the node and tool processes the tests start included (coverage's
+# subprocess patch); the data stays in .coverage and the per-module table is printed.
 test: lint
-	$(BIN)/python -m pytest
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m pytest --cov --cov-report=term
 
 bench: $(STAMP)
 	$(BIN)/semseg bench --out runs/bench

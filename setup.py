@@ -32,18 +32,31 @@ GPU = ['tensorrt>=10', 'pycuda>=2024.1', 'onnxruntime-gpu>=1.17']
 TEST = [
     'pytest>=8',
     'pytest-timeout>=2.3',
-    'pytest-rerunfailures>=14',  # the multi-process DDS tests (see test_graph.py)
+    'pytest-cov>=6',  # `make test` records what ran (.coverage) and prints the table
+    'coverage>=7.10',  # its `patch = subprocess` measures the node and tools we start
     'ruff>=0.6',
     'torchmetrics>=1.3',
     'colcon-common-extensions>=0.3',
-    'rosbags>=0.10',  # ROS 2 messages and bags without ROS: the reference for our conversions
+    'rosbags>=0.10',  # ROS 2 bags without ROS: the recorder, the bag tool and their checks
     'rosbags-image>=0.10',  # a cv_bridge port, to check semseg_ros.imaging against
-    'cyclonedds>=0.10',
     'carla==0.9.16',  # the collector's real no-server time-out is tested
 ]
-# ROS 2 without a ROS install: the standalone node, replay and record speak DDS through
-# Cyclone DDS; bags are read and written with rosbags.
-DDS = ['cyclonedds>=0.10', 'rosbags>=0.10']
+# ROS 2 from PyPI for machines without a ROS install (CPython 3.10-3.13 on x86_64 Linux):
+# ROS 2 Kilted's rclpy on Fast DDS and the message packages the node, replay, record and the
+# demo use. With a sourced ROS 2 install (Humble, Jazzy, Kilted) this extra is not needed.
+_ROS_WHEELS = (
+    'platform_system == "Linux" and platform_machine == "x86_64" and python_version < "3.14"'
+)
+ROS = [
+    f'{name}; {_ROS_WHEELS}'
+    for name in (
+        'ros-kilted-rclpy[fastrtps]>=9.1',
+        'ros-kilted-sensor-msgs>=5.5',
+        'ros-kilted-std-msgs>=5.5',
+        'ros-kilted-diagnostic-msgs>=5.5',
+        'ros-kilted-rosgraph-msgs>=2.3',
+    )
+] + ['rosbags>=0.10']  # record writes bags; replay and the bag tool read them
 
 setup(
     name=PACKAGE,
@@ -61,7 +74,13 @@ setup(
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (SHARE, ['package.xml']),
         (f'{SHARE}/launch', glob('launch/*.launch.py')),
-        (f'{SHARE}/config', glob('config/*.yaml') + glob('config/*.json') + glob('config/*.rviz')),
+        (
+            f'{SHARE}/config',
+            glob('config/*.yaml')
+            + glob('config/*.json')
+            + glob('config/*.rviz')
+            + glob('config/*.xml'),
+        ),
         (f'{SHARE}/config/class_sets', glob('config/class_sets/*.yaml')),
         (f'{SHARE}/models', glob('models/*.onnx') + glob('models/*.md')),
     ],
@@ -70,7 +89,7 @@ setup(
     extras_require={
         'train': TRAIN,
         'test': TEST,
-        'dds': DDS,
+        'ros': ROS,
         'gpu': GPU,
         'bag': ['rosbags>=0.10'],
         'carla': ['carla==0.9.16'],

@@ -11,18 +11,33 @@ semantic_segmentation_front of the same pose, size and fov, so ground truth line
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
+from launch.conditions import LaunchConfigurationNotEquals
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'semseg_ros'
+PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 ROLE_NAME = 'ego_vehicle'  # the vehicle id in config/carla_objects.json
 
 
 def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare(PACKAGE)
     arguments = [
+        DeclareLaunchArgument(
+            'fastdds_profile',
+            default_value=EnvironmentVariable(
+                PROFILE_ENV,
+                default_value=PathJoinSubstitution([share, 'config', 'fastdds_large_data.xml']),
+            ),
+            description=(
+                'Fast DDS profile for every process of this launch (sets FASTDDS_DEFAULT_'
+                'PROFILES_FILE): '
+                'large shared-memory segments, ~5 ms instead of ~15 ms per 800x600 frame. '
+                "Default: yours if set, else config/fastdds_large_data.xml; '' leaves it unset"
+            ),
+        ),
         DeclareLaunchArgument(
             'host', default_value='localhost', description='Host of the CARLA server'
         ),
@@ -58,6 +73,12 @@ def generate_launch_description() -> LaunchDescription:
             'rviz', default_value='true', description='Start rviz2 with config/semseg.rviz'
         ),
     ]
+    # Before the nodes: the publisher's profile counts most, so the bridge gets it too.
+    fastdds_profile = SetEnvironmentVariable(
+        PROFILE_ENV,
+        LaunchConfiguration('fastdds_profile'),
+        condition=LaunchConfigurationNotEquals('fastdds_profile', ''),
+    )
     bridge = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(
             PathJoinSubstitution(
@@ -88,7 +109,8 @@ def generate_launch_description() -> LaunchDescription:
             'ground_truth': 'true',
             'gt_topic': f'/carla/{ROLE_NAME}/semantic_segmentation_front/image',
             'use_sim_time': 'true',  # the bridge runs synchronous and publishes /clock
+            'fastdds_profile': LaunchConfiguration('fastdds_profile'),
             'rviz': LaunchConfiguration('rviz'),
         }.items(),
     )
-    return LaunchDescription([*arguments, bridge, semseg])
+    return LaunchDescription([*arguments, fastdds_profile, bridge, semseg])

@@ -38,7 +38,7 @@ from semseg_ros.node_core import (
     ParamError,
     load_segmenter,
 )
-from semseg_ros.transport.names import TransportError, resolve_topic
+from semseg_ros.topic_names import TopicNameError, resolve_topic
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 DEFAULT_IMAGE_TOPIC = '/carla/ego_vehicle/rgb_front/image'
@@ -119,7 +119,7 @@ def process_bag(
             for name, topic in OUTPUT_TOPICS.items()
             if getattr(outputs, name)
         }
-    except TransportError as err:
+    except TopicNameError as err:
         raise BagError(str(err)) from err
     typestore = get_typestore(Stores.ROS2_HUMBLE)
     ros_image, header_type, time_type = (

@@ -1,22 +1,26 @@
-"""What the semseg node does, apart from ROS I/O: shared by the rclpy and the DDS adapter.
+"""What the semseg node does, apart from ROS I/O: plain Python under the rclpy adapter.
 
-An adapter (``semseg_ros.node`` for rclpy, the standalone Cyclone DDS one) only moves
-messages; this module holds the rest, in plain Python::
+The adapter (:mod:`semseg_ros.node`) only moves messages; this module holds the rest::
 
     image callback     -> NodeCore.on_image(msg)          header + fields into a LatestFrameSlot
     gt callback        -> NodeCore.on_ground_truth(msg)   kept by stamp in a GroundTruthMatcher
+    message_lost event -> NodeCore.on_message_lost(n)     frames DDS lost before the callback
     FrameWorker thread -> NodeCore.step(wanted, publish)  newest frame -> FrameProcessor
                           -> Segmenter -> ProcessedFrame (ImageFields + the header to copy)
                           -> publish(frame)               the adapter builds and sends messages
     1 s timer          -> NodeCore.diagnostics()          plain dict -> DiagnosticArray
 
+Every camera frame is accounted for on /diagnostics: the publisher's frames are received or
+lost in transport (rclpy's ``message_lost`` event), and every received frame is published,
+dropped as stale (a newer one replaced it in the slot), dropped as bad input, failed, skipped
+(no output had a subscriber) or still pending in the slot.
+
 Messages are read by duck typing (``msg.header.stamp.sec``, ``ImageFields.from_msg``), so
-rclpy, rosbags and the DDS types all work; the header object is passed through untouched.
+rclpy and rosbags messages both work; the header object is passed through untouched.
 
 Parameters are one table, :class:`NodeParams` (its dataclass fields, with defaults and
-descriptions, listed as :data:`PARAMETERS`), read from the ROS params file
-``config/semseg.yaml`` by :meth:`NodeParams.from_yaml` or from a flat ``{name: value}``
-mapping (what rclpy hands back after declaring them).
+descriptions, listed as :data:`PARAMETERS`); the node declares them with rclpy, which reads
+the params file and the command line, and validates what it hands back here.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ DIAGNOSTICS_PERIOD_S = 1.0
 OUTPUT_QOS_DEPTH = 10
 
 COLOR_ENCODINGS = ('rgb8', 'bgr8')
-QOS_RELIABILITIES = ('best_effort', 'reliable')
+QOS_RELIABILITIES = ('best_available', 'reliable', 'best_effort')
 _DEVICE_RE = re.compile(r'auto|cpu|cuda(:\d+)?')
 
 # diagnostic_msgs/DiagnosticStatus levels.
@@ -117,12 +121,17 @@ class NodeParams:
         0.5, 'Weight of the colour mask in ~/overlay, 0 (image only) to 1 (mask only).'
     )
     qos_reliability: str = _param(
-        'best_effort',
-        'Reliability of the image subscriptions: best_effort (matches reliable and best-effort '
-        'publishers: the CARLA bridge and rosbag play) or reliable (matches reliable only).',
+        'best_available',
+        'Reliability of the image subscriptions: best_available (reliable when the publishers '
+        'are, like the CARLA bridge: nothing lost; best effort for best-effort cameras; '
+        'Humble has no such policy and uses reliable), reliable, or best_effort (matches every '
+        'publisher, but loses most large frames from a reliable one).',
     )
     qos_depth: int = _param(
-        1, 'History depth of the image subscriptions; 1 = only the newest frame matters.'
+        5,
+        'History depth of the image subscriptions. The callback only moves a frame into the '
+        'newest-frame slot (stale ones are dropped and counted there), so the history just '
+        'absorbs executor stalls: DDS overwrites a full history without telling anyone.',
     )
     ground_truth: bool = _param(
         False,
@@ -163,48 +172,18 @@ class NodeParams:
                     raise ParamError(f'{name}: {err}') from err
 
     @classmethod
-    def from_mapping(
-        cls, data: Mapping[str, Any], *, node_name: str = NODE_NAME, namespace: str = '/'
-    ) -> NodeParams:
-        """From a parsed ROS params file or a flat ``{parameter: value}`` mapping.
-
-        A params file is ``{<node pattern>: {ros__parameters: {...}}}``; every section whose
-        pattern matches ``/<namespace>/<node_name>`` is applied in file order (later wins),
-        with the ROS wildcards: ``/**`` any namespaces, ``*`` one name. A bare
-        ``{ros__parameters: {...}}`` is accepted too. ``qos_overrides`` is left to rclpy.
-        """
+    def from_mapping(cls, data: Mapping[str, Any]) -> NodeParams:
+        """From a flat ``{parameter: value}`` mapping (what rclpy hands back after declaring
+        them); an unknown name is an error that lists the valid ones."""
         if not isinstance(data, Mapping):
             raise ParamError(f'parameters must be a mapping, got {type(data).__name__}')
-        if _is_params_document(data):
-            values = _node_parameters(data, node_name, namespace)
-        else:
-            values = dict(data)
-        values.pop('qos_overrides', None)
+        values = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            msg = f'unknown parameter(s) {unknown} for {node_name}; valid: {sorted(known)}'
+            msg = f'unknown parameter(s) {unknown} for {NODE_NAME}; valid: {sorted(known)}'
             raise ParamError(msg)
         return cls(**values)
-
-    @classmethod
-    def from_yaml(
-        cls, path: str | Path, *, node_name: str = NODE_NAME, namespace: str = '/'
-    ) -> NodeParams:
-        """Read a ROS params file (the same ``config/semseg.yaml`` ``ros2 launch`` uses)."""
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding='utf-8'))
-        except FileNotFoundError as err:
-            raise ParamError(f'params file {path} does not exist') from err
-        except yaml.YAMLError as err:
-            raise ParamError(f'params file {path} is not valid YAML: {err}') from err
-        try:
-            return cls.from_mapping(data or {}, node_name=node_name, namespace=namespace)
-        except ParamError as err:
-            raise ParamError(f'{path}: {err}') from err
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,56 +207,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ParamError(f'{name} {value!r} is not valid: use one of {", ".join(choices)}')
 
 
-def _is_params_document(data: Mapping[str, Any]) -> bool:
-    return 'ros__parameters' in data or any(
-        isinstance(v, Mapping) and 'ros__parameters' in v for v in data.values()
-    )
-
-
-def _node_pattern(key: str) -> re.Pattern[str]:
-    """A params-file node key (``/**``, ``/**/semseg_node``, ``ns/*``) as a regex."""
-    text = '/' + str(key).strip('/')
-    pattern = re.escape(text).replace(r'/\*\*', r'(?:/[^/]+)*').replace(r'\*', r'[^/]*')
-    return re.compile(pattern)
-
-
-def _node_parameters(data: Mapping[str, Any], node_name: str, namespace: str) -> dict[str, Any]:
-    if 'ros__parameters' in data:
-        sections = [('ros__parameters', data)]
-    else:
-        full_name = '/'.join(['', *[p for p in namespace.split('/') if p], node_name])
-        sections = [
-            (key, value)
-            for key, value in data.items()
-            if isinstance(value, Mapping) and _node_pattern(key).fullmatch(full_name)
-        ]
-        if not sections:
-            msg = (
-                f'no section for node {full_name} (sections: {sorted(map(str, data))}); '
-                f'start the file with "{node_name}:" or "/**:" and "ros__parameters:"'
-            )
-            raise ParamError(msg)
-    values: dict[str, Any] = {}
-    for key, section in sections:
-        params = section.get('ros__parameters')
-        if not isinstance(params, Mapping):
-            raise ParamError(f'section {key!r}: ros__parameters must be a mapping')
-        values.update(params)
-    return values
-
-
 PARAMETERS: tuple[dataclasses.Field, ...] = dataclasses.fields(NodeParams)
 """The parameters in declaration order: ``.name``, ``.default``, ``.metadata['description']``."""
 
 #: Declared by rclpy itself: read it, never declare it again.
 BUILTIN_PARAMETERS = frozenset({'use_sim_time'})
-
-
-def parameter_description(name: str) -> str:
-    for f in PARAMETERS:
-        if f.name == name:
-            return f.metadata['description']
-    raise KeyError(name)
 
 
 # --- Real time: newest frame wins -------------------------------------------------------------
@@ -298,6 +232,7 @@ class LatestFrameSlot(Generic[T]):
         self._closed = False
         self.received = 0
         self.dropped = 0
+        self.taken = 0
 
     def put(self, item: T) -> bool:
         """Store ``item``; True when it replaced (dropped) an untaken one."""
@@ -318,6 +253,7 @@ class LatestFrameSlot(Generic[T]):
             if not self._full:
                 return None
             item, self._item, self._full = self._item, None, False
+            self.taken += 1
             return item
 
     def close(self) -> None:
@@ -329,6 +265,11 @@ class LatestFrameSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def pending(self) -> int:
+        """1 while an item waits to be taken, else 0."""
+        return int(self._full)
 
 
 # --- Statistics for /diagnostics ----------------------------------------------------------
@@ -669,10 +610,14 @@ class NodeCore:
         self.processing = LatencyStats()  # decode + segment + colour, on the worker
         self.bad_input = WarnOncePerKind(log_warning, prefix=f'{INPUT_TOPIC}: ')
         self.bad_ground_truth = WarnOncePerKind(log_warning, prefix=f'{GROUND_TRUTH_TOPIC}: ')
-        self.skipped = 0  # frames taken while no output had a subscriber
+        self.skipped = 0  # frames taken while no output had a subscriber (maybe still scored)
+        self.published = 0  # frames whose outputs were published
+        self.lost_in_transport = 0  # image frames DDS reported lost (rclpy's message_lost)
+        self.gt_lost_in_transport = 0
+        self._finished = 0  # frames taken from the slot whose handling ended, however
         self._now_ns = now_ns
         self._clock = clock
-        self._last_report = {'bad': 0, 'received': 0, 'failed': 0, 'skipped': 0}
+        self._last_report = {'bad': 0, 'received': 0, 'failed': 0, 'skipped': 0, 'lost': 0}
         self.matcher: GroundTruthMatcher[Any] | None = None
         self.iou: OnlineIoU | None = None
         self._evaluations: deque[tuple[np.ndarray, Any]] = deque(maxlen=4)
@@ -689,6 +634,7 @@ class NodeCore:
         params: NodeParams | Mapping[str, Any],
         *,
         log_warning: Callable[[str], object],
+        log_error: Callable[[str], object] | None = None,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> NodeCore:
         """Validate ``params``, load the model: NodeStartupError when the node cannot run."""
@@ -697,7 +643,13 @@ class NodeCore:
                 params = NodeParams.from_mapping(params)
         except ParamError as err:
             raise NodeStartupError(f'invalid parameter: {err}') from err
-        return cls(params, load_segmenter(params), log_warning=log_warning, now_ns=now_ns)
+        return cls(
+            params,
+            load_segmenter(params),
+            log_warning=log_warning,
+            log_error=log_error,
+            now_ns=now_ns,
+        )
 
     # Subscription callbacks: cheap, never wait on inference.
 
@@ -705,6 +657,13 @@ class NodeCore:
         """Image callback body: newest frame into the slot (a stale one is dropped)."""
         self.input_rate.tick()
         self.slot.put(ReceivedFrame.from_msg(msg, received=self._clock()))
+
+    def on_message_lost(self, count: int, *, ground_truth: bool = False) -> None:
+        """``count`` more frames were lost between the publisher and this subscription."""
+        if ground_truth:
+            self.gt_lost_in_transport += count
+        else:
+            self.lost_in_transport += count
 
     def on_ground_truth(self, msg: Any) -> None:
         """Ground-truth callback body: keep the raw message by stamp (decoded if matched)."""
@@ -727,17 +686,32 @@ class NodeCore:
         frame = self.slot.take(timeout)
         if frame is None:
             return None
+        try:
+            return self._process(frame, outputs, publish)
+        finally:
+            self._finished += 1
+
+    def _process(
+        self,
+        frame: ReceivedFrame,
+        outputs: Callable[[], Outputs],
+        publish: Callable[[ProcessedFrame], object],
+    ) -> ProcessedFrame | None:
         wanted = outputs()
-        if not wanted.any() and self.matcher is None:
-            self.skipped += 1  # nobody listens: no inference at all
-            return None
+        if not wanted.any():
+            self.skipped += 1  # nobody listens: nothing published
+            if self.matcher is None:
+                return None  # and nothing to score: no inference at all
         try:
             result = self.processor.process(frame.image, frame.header, wanted)
         except ImageFormatError as err:
+            if not wanted.any():
+                self.skipped -= 1  # counted as bad instead: each frame in one column
             self.bad_input(err)
             return None
         if wanted.any():
             publish(result)
+            self.published += 1
             self.output_rate.tick()
             self.latency.add((self._now_ns() - stamp_to_ns(stamp_of(frame.header))) / 1e9)
         self.processing.add(result.processing_s)
@@ -786,6 +760,11 @@ class NodeCore:
     def stop(self) -> None:
         self.slot.close()
 
+    @property
+    def pending(self) -> int:
+        """Frames received but not yet handled: waiting in the slot or being processed."""
+        return self.slot.pending + self.slot.taken - self._finished
+
     # Diagnostics.
 
     def diagnostics(self, *, hardware_id: str = '') -> dict[str, Any]:
@@ -796,11 +775,13 @@ class NodeCore:
         new_frames = received - self._last_report['received']
         new_failed = self.failed - self._last_report['failed']
         new_skipped = self.skipped - self._last_report['skipped']
+        new_lost = self.lost_in_transport - self._last_report['lost']
         self._last_report = {
             'bad': bad_total,
             'received': received,
             'failed': self.failed,
             'skipped': self.skipped,
+            'lost': self.lost_in_transport,
         }
         miou = None
         per_class = None
@@ -814,6 +795,7 @@ class NodeCore:
                 + self.matcher.unmatched_predictions,
                 'class_set': self.iou.gt_class_set.name,
                 'bad': self.bad_ground_truth.total,
+                'lost': self.gt_lost_in_transport,
             }
         return diagnostics_status(
             name=f'{NODE_NAME}: segmentation',
@@ -823,11 +805,15 @@ class NodeCore:
             latency=self.latency,
             processing=self.processing,
             received=received,
+            lost_in_transport=self.lost_in_transport,
+            published=self.published,
+            pending=self.pending,
             dropped_stale=self.slot.dropped,
             dropped_bad=self.bad_input.counts,
             failed=self.failed,
             skipped=self.skipped,
             new_frames=new_frames,
+            new_lost=new_lost,
             new_skipped=new_skipped,
             new_bad=new_bad,
             new_failed=new_failed,
@@ -853,6 +839,9 @@ def diagnostics_status(
     processing: LatencyStats,
     received: int,
     dropped_stale: int,
+    lost_in_transport: int = 0,
+    published: int | None = None,
+    pending: int = 0,
     dropped_bad: Mapping[str, int],
     backend: str,
     model: str,
@@ -863,6 +852,7 @@ def diagnostics_status(
     new_bad: int = 0,
     new_failed: int = 0,
     new_skipped: int = 0,
+    new_lost: int = 0,
     hardware_id: str = '',
     miou: float | None = None,
     per_class_iou: Mapping[str, float] | None = None,
@@ -885,7 +875,10 @@ def diagnostics_status(
         ('latency stamp to publish p99 (ms)', _ms(latency.p99)),
         ('processing p50 (ms)', _ms(processing.p50)),
         ('processing p99 (ms)', _ms(processing.p99)),
+        ('frames lost in transport', str(lost_in_transport)),
         ('frames received', str(received)),
+        *([('frames published', str(published))] if published is not None else []),
+        ('frames pending', str(pending)),
         ('frames dropped (stale)', str(dropped_stale)),
         ('frames failed', str(failed)),
         ('frames skipped (no subscriber)', str(skipped)),
@@ -901,11 +894,18 @@ def diagnostics_status(
             ('ground truth frames scored', str(ground_truth.get('frames', 0))),
             ('ground truth unmatched', str(ground_truth.get('unmatched', 0))),
             ('ground truth dropped (bad)', str(ground_truth.get('bad', 0))),
+            ('ground truth lost in transport', str(ground_truth.get('lost', 0))),
             ('mIoU', 'n/a' if miou is None or math.isnan(miou) else f'{miou:.4f}'),
         ]
         values += [(f'IoU {cls}', f'{v:.4f}') for cls, v in (per_class_iou or {}).items()]
     if new_failed:
         level, message = ERROR, f'{new_failed} frame(s) failed since the last report: see log'
+    elif new_lost:
+        level = WARN
+        message = (
+            f'{new_lost} frame(s) lost in transport since the last report: a best-effort '
+            'subscription to large images, or a publisher history too short'
+        )
     elif new_frames == 0:
         level, message = WARN, f'no images on {INPUT_TOPIC!r} since the last report'
     elif new_bad:
@@ -948,7 +948,8 @@ class FrameWorker(threading.Thread):
     def run(self) -> None:
         self.core.run(self._outputs, self._publish)
 
-    def stop(self, timeout: float | None = 5.0) -> None:
+    def stop(self, timeout: float | None = 1.5) -> None:
+        """Let the frame in flight finish (bounded: the node must exit within 2 s)."""
         self.core.stop()
         if self.is_alive():
             self.join(timeout)

@@ -27,3 +27,55 @@ def test_scale() -> TestScale:
     if value not in ('small', 'full'):
         raise pytest.UsageError(f"SEMSEG_TEST_SCALE must be 'small' or 'full', got {value!r}")
     return TestScale(full=value == 'full')
+
+
+# --- ROS 2 ------------------------------------------------------------------------------------
+# Every test that touches ROS gets a graph of its own: a domain id nobody else in this run uses,
+# and discovery on localhost only, so tests never see each other or anything on the network.
+# Processes the tests start inherit this environment (see semseg_ros.ros_env).
+
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.pop('ROS_STATIC_PEERS', None)
+os.environ.setdefault('PYTHONUNBUFFERED', '1')
+
+
+def _domain_ids():
+    from semseg_ros.ros_env import DOMAIN_IDS
+
+    # Start at a place given by the process id: two test runs at once rarely share a domain.
+    start = os.getpid() % len(DOMAIN_IDS)
+    while True:
+        for k in range(len(DOMAIN_IDS)):
+            yield DOMAIN_IDS[(start + k) % len(DOMAIN_IDS)]
+
+
+_DOMAIN_IDS = _domain_ids()
+
+
+@pytest.fixture
+def ros_domain_id() -> int:
+    """A ROS_DOMAIN_ID for this test alone."""
+    return next(_DOMAIN_IDS)
+
+
+@pytest.fixture
+def ros_env(ros_domain_id) -> dict[str, str]:
+    """The environment for processes of this test's graph (domain, localhost, Fast DDS profile)."""
+    from semseg_ros.ros_env import isolated_environment
+
+    return isolated_environment(ros_domain_id)
+
+
+@pytest.fixture
+def ros_context(ros_domain_id):
+    """An initialized rclpy context on this test's domain; shut down after the test."""
+    rclpy = pytest.importorskip('rclpy', reason='ROS 2 is not installed: pip install -e .[ros]')
+    from semseg_ros.ros_env import use_fastdds_profile
+
+    use_fastdds_profile()  # read when the first participant of this process is created
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain_id)
+    try:
+        yield context
+    finally:
+        rclpy.try_shutdown(context=context)

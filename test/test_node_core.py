@@ -173,7 +173,7 @@ def test_every_parameter_has_a_default_and_a_description():
         assert p.default is not dataclass_missing()
         assert len(p.metadata['description']) > 20, p.name
     defaults = NodeParams()
-    assert (defaults.qos_reliability, defaults.qos_depth) == ('best_effort', 1)
+    assert (defaults.qos_reliability, defaults.qos_depth) == ('best_available', 5)
     assert (defaults.color_encoding, defaults.overlay_alpha) == ('rgb8', 0.5)
 
 
@@ -208,44 +208,14 @@ def test_int_alpha_from_yaml_is_accepted_as_float():
     assert NodeParams(overlay_alpha=1).overlay_alpha == 1.0
 
 
-def test_from_mapping_flat_and_ros_params_documents():
+def test_from_mapping_takes_what_rclpy_hands_back():
     flat = NodeParams.from_mapping({'model_path': 'm.onnx', 'qos_depth': 3})
     assert (flat.model_path, flat.qos_depth) == ('m.onnx', 3)
-
-    doc = {
-        '/**': {'ros__parameters': {'use_sim_time': True, 'overlay_alpha': 0.2}},
-        'semseg_node': {'ros__parameters': {'model_path': 'a.onnx', 'overlay_alpha': 0.7}},
-        'other_node': {'ros__parameters': {'model_path': 'ignored.onnx'}},
-    }
-    params = NodeParams.from_mapping(doc)
-    assert (params.model_path, params.overlay_alpha, params.use_sim_time) == (
-        'a.onnx',
-        0.7,  # the node's own section comes later in the file: it wins
-        True,
-    )
-    # `semseg_node:` means /semseg_node only; a namespaced node sees just the wildcard.
-    namespaced = NodeParams.from_mapping(doc, namespace='/cam1')
-    assert (namespaced.model_path, namespaced.overlay_alpha) == ('', 0.2)
-    any_ns = {'/**/semseg_node': {'ros__parameters': {'device': 'cuda:1'}}}
-    assert NodeParams.from_mapping(any_ns, namespace='/a/b').device == 'cuda:1'
-    bare = {'ros__parameters': {'backend': 'onnxruntime', 'qos_overrides': {'/x': {}}}}
-    assert NodeParams.from_mapping(bare).backend == 'onnxruntime'
 
 
 def test_from_mapping_errors_name_the_problem():
     with pytest.raises(ParamError, match=r"unknown parameter\(s\) \['modle_path'\]"):
         NodeParams.from_mapping({'modle_path': 'x'})
-    with pytest.raises(ParamError, match='no section for node /semseg_node'):
-        NodeParams.from_mapping({'camera': {'ros__parameters': {}}})
-
-
-def test_from_yaml_reports_the_file(tmp_path):
-    path = tmp_path / 'p.yaml'
-    path.write_text('semseg_node:\n  ros__parameters:\n    qos_depth: -2\n')
-    with pytest.raises(ParamError, match=rf'{path}: qos_depth -2'):
-        NodeParams.from_yaml(path)
-    with pytest.raises(ParamError, match='does not exist'):
-        NodeParams.from_yaml(tmp_path / 'missing.yaml')
 
 
 def test_start_fails_clearly_without_a_model(tmp_path):

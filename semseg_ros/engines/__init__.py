@@ -110,10 +110,10 @@ def _choose(info: ModelInfo, device: str) -> tuple[str, str]:
     gpu_providers = [p for p in available_providers() if p in GPU_PROVIDERS]
     if gpu_providers:
         return 'onnxruntime', f'GPU via onnxruntime {gpu_providers[0]} ({trt_why})'
-    if cuda_available() and info.provenance.get('checkpoint'):
-        checkpoint = Path(info.provenance['checkpoint'])
-        if checkpoint.is_file():
-            return 'torch', f'GPU via PyTorch CUDA ({trt_why}; no onnxruntime GPU provider)'
+    checkpoint = Path(info.provenance.get('checkpoint') or '')
+    # Cheapest test first: importing torch to ask costs ~2 s of start-up on a CPU machine.
+    if nvidia_driver_loaded() and checkpoint.is_file() and cuda_available():
+        return 'torch', f'GPU via PyTorch CUDA ({trt_why}; no onnxruntime GPU provider)'
     if device == 'cuda':
         msg = (
             f'device=cuda but no GPU backend can run {info.path}: {trt_why}; onnxruntime has no '
@@ -121,6 +121,11 @@ def _choose(info: ModelInfo, device: str) -> tuple[str, str]:
         )
         raise BackendUnavailableError(msg)
     return 'onnxruntime', f'no GPU backend here ({trt_why}): onnxruntime on CPU'
+
+
+def nvidia_driver_loaded() -> bool:
+    """Whether an NVIDIA kernel driver runs here (Linux), without importing any CUDA library."""
+    return Path('/proc/driver/nvidia/version').exists()
 
 
 def _build(backend: str, info: ModelInfo, device: str, options: dict[str, Any]) -> Engine:

@@ -1,0 +1,43 @@
+"""``semseg_node``: the ROS 2 node process (``ros2 run semseg_ros semseg_node``).
+
+:mod:`semseg_ros.node.ros_node` is the rclpy node itself. This module is its entry point and
+stays light on purpose: it takes SIGINT and SIGTERM before the heavy imports (rclpy, numpy,
+OpenCV, the inference backend: about half a second), so that a stop at any moment of the
+start-up exits 0 quietly instead of printing an import traceback or dying by the signal.
+
+The handler only records the request; it never raises, because an exception raised from a
+signal handler lands wherever the main thread happens to be (an import lock's callback, a
+``finally`` block) and can be lost there. ``run`` checks the request at each step of the
+start; once ``rclpy.init`` has run, rclpy's own handlers (which call this one too) shut the
+context down and ``spin`` returns through ``ExternalShutdownException``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+_stop_requested = False
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    global _stop_requested
+    _stop_requested = True
+
+
+def stop_requested() -> bool:
+    """True once SIGINT or SIGTERM arrived (after :func:`main` installed the handler)."""
+    return _stop_requested
+
+
+def main(args: list[str] | None = None) -> None:
+    """Exit 0 on SIGINT / SIGTERM (start-up included), 1 when the node cannot start."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _request_stop)
+    from semseg_ros.node.ros_node import run
+
+    sys.exit(run(args, stop_requested=stop_requested))
+
+
+if __name__ == '__main__':
+    main()

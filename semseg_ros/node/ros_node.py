@@ -1,0 +1,259 @@
+"""The rclpy node (``ros2 run semseg_ros semseg_node``): ROS I/O around ``node_core``.
+
+Everything that is not ROS I/O (parameters, the newest-frame slot, segmentation, ground-truth
+matching, IoU, diagnostics) lives in :mod:`semseg_ros.node_core`; reading this file is its
+review.
+
+Threads: ``rclpy.spin`` (a single-threaded executor) runs the image / ground-truth callbacks,
+the middleware events and the diagnostics timer, each a few microseconds of bookkeeping; a
+dedicated worker thread (:class:`~semseg_ros.node_core.FrameWorker`) takes the newest frame
+from a :class:`~semseg_ros.node_core.LatestFrameSlot`, runs inference and publishes. Why not
+a MultiThreadedExecutor with callback groups: the executor would leave frames in the DDS
+history, where a newer one overwrites them without anyone counting; with the slot, the
+subscription callback never waits on inference, a stale frame is replaced (newest wins) and
+counted for /diagnostics. Publishing from another thread is thread-safe in rclpy, and
+onnxruntime / TensorRT release the GIL while they run.
+
+What DDS loses before a callback runs is counted through the subscriptions' ``message_lost``
+event, so /diagnostics accounts for every frame the camera sent (see node_core).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import Image
+
+from semseg_ros.node_core import (
+    BUILTIN_PARAMETERS,
+    DIAGNOSTICS_PERIOD_S,
+    DIAGNOSTICS_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    INPUT_TOPIC,
+    NODE_NAME,
+    OUTPUT_QOS_DEPTH,
+    OUTPUT_TOPICS,
+    PARAMETERS,
+    FrameWorker,
+    NodeCore,
+    NodeStartupError,
+    Outputs,
+    ProcessedFrame,
+)
+from semseg_ros.ros_env import use_fastdds_profile
+
+#: ``qos_reliability`` -> policy. Humble's rclpy has no BEST_AVAILABLE: reliable matches the
+#: same publishers the bridge has, and says so when a best-effort one appears.
+_RELIABILITY = {
+    'best_available': getattr(ReliabilityPolicy, 'BEST_AVAILABLE', ReliabilityPolicy.RELIABLE),
+    'reliable': ReliabilityPolicy.RELIABLE,
+    'best_effort': ReliabilityPolicy.BEST_EFFORT,
+}
+
+
+class SemsegNode(Node):
+    """Subscribes ``image`` (and ``ground_truth``), publishes ``~/mask|color|overlay``.
+
+    ``node_options`` go to :class:`rclpy.node.Node` (``context``, ``cli_args``,
+    ``parameter_overrides``, ...): tests run the node in-process with them.
+    """
+
+    def __init__(self, **node_options: Any) -> None:
+        super().__init__(NODE_NAME, **node_options)
+        self.worker: FrameWorker | None = None  # destroy_node may run on a half-built node
+        for spec in PARAMETERS:
+            if spec.name not in BUILTIN_PARAMETERS:  # use_sim_time: rclpy declares it
+                descriptor = ParameterDescriptor(
+                    description=spec.metadata['description'], read_only=True
+                )
+                self.declare_parameter(spec.name, spec.default, descriptor)
+        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        logger = self.get_logger()
+        self.core = NodeCore.start(
+            values,
+            log_warning=logger.warning,
+            log_error=logger.error,
+            now_ns=lambda: self.get_clock().now().nanoseconds,  # sim time when use_sim_time
+        )
+        params = self.core.params
+
+        # One profile object per endpoint: rclpy applies `qos_overrides` to the profile it
+        # is given in place, so a shared one would carry one topic's override to the others.
+        def camera_qos() -> QoSProfile:
+            return QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=params.qos_depth,
+                reliability=_RELIABILITY[params.qos_reliability],
+            )
+
+        self.image_subscription = self._subscribe(
+            INPUT_TOPIC, self.image_callback, camera_qos(), self.core.on_message_lost
+        )
+        self.gt_subscription = None
+        if params.ground_truth:
+            self.gt_subscription = self._subscribe(
+                GROUND_TRUTH_TOPIC,
+                self.ground_truth_callback,
+                camera_qos(),
+                lambda count: self.core.on_message_lost(count, ground_truth=True),
+            )
+        # RELIABLE like the bridge's cameras: reliable (rviz2, rosbag record) and best-effort
+        # subscribers both match.
+        self.image_publishers = {
+            name: self.create_publisher(
+                Image,
+                topic,
+                QoSProfile(
+                    history=HistoryPolicy.KEEP_LAST,
+                    depth=OUTPUT_QOS_DEPTH,
+                    reliability=ReliabilityPolicy.RELIABLE,
+                ),
+                qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+                event_callbacks=PublisherEventCallbacks(
+                    incompatible_qos=self._incompatible_qos_callback(topic, 'subscription')
+                ),
+            )
+            for name, topic in OUTPUT_TOPICS.items()
+        }
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        # Steady clock: diagnostics keep coming when simulation time stands still.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S, self.diagnostics_callback, clock=steady
+        )
+
+        self.worker = FrameWorker(self.core, self.wanted_outputs, self.publish_outputs)
+        self.worker.start()
+        segmenter = self.core.segmenter
+        logger.info(
+            f'{params.model_path} ({segmenter.class_set.name}, {segmenter.backend_name}): '
+            f'{self.image_subscription.topic_name} -> '
+            f'{", ".join(p.topic_name for p in self.image_publishers.values())}'
+        )
+
+    def _subscribe(
+        self,
+        topic: str,
+        callback: Callable[[Image], None],
+        qos: QoSProfile,
+        on_lost: Callable[[int], None],
+    ) -> Any:
+        return self.create_subscription(
+            Image,
+            topic,
+            callback,
+            qos,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+            event_callbacks=SubscriptionEventCallbacks(
+                message_lost=lambda info: on_lost(info.total_count_change),
+                incompatible_qos=self._incompatible_qos_callback(topic, 'publisher'),
+            ),
+        )
+
+    def _incompatible_qos_callback(self, topic: str, peer: str) -> Callable[[Any], None]:
+        """A warning that says what to change, once per topic and peer kind."""
+        warned = False
+
+        def callback(info: Any) -> None:
+            nonlocal warned
+            if warned:
+                return
+            warned = True
+            policy = getattr(info.last_policy_kind, 'name', info.last_policy_kind)
+            name = self.resolve_topic_name(topic)
+            self.get_logger().warning(
+                f'{name}: a {peer} with incompatible QoS ({policy}) cannot connect, so no '
+                'messages flow between them. Check `ros2 topic info -v` on this topic; for '
+                'the camera, qos_reliability:=best_effort matches every publisher (a '
+                "'qos_overrides' entry in the params file changes one topic)"
+            )
+
+        return callback
+
+    def image_callback(self, msg: Image) -> None:
+        self.core.on_image(msg)
+
+    def ground_truth_callback(self, msg: Image) -> None:
+        self.core.on_ground_truth(msg)
+
+    def wanted_outputs(self) -> Outputs:
+        """Only outputs with subscribers are computed."""
+        listened = {
+            name: pub.get_subscription_count() > 0 for name, pub in self.image_publishers.items()
+        }
+        return Outputs(**listened)
+
+    def publish_outputs(self, frame: ProcessedFrame) -> None:
+        for name, fields in frame.images.items():
+            msg = Image(header=frame.header, **fields.msg_kwargs(data_type='array'))
+            self.image_publishers[name].publish(msg)
+
+    def diagnostics_callback(self) -> None:
+        status = self.core.diagnostics(hardware_id=self.get_fully_qualified_name())
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [
+            DiagnosticStatus(
+                level=bytes([status['level']]),  # a `byte` field: rclpy wants bytes
+                name=status['name'],
+                message=status['message'],
+                hardware_id=status['hardware_id'],
+                values=[KeyValue(key=k, value=v) for k, v in status['values']],
+            )
+        ]
+        self.diagnostics_publisher.publish(array)
+
+    def destroy_node(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        super().destroy_node()
+
+
+def run(
+    args: list[str] | None = None, *, stop_requested: Callable[[], bool] = lambda: False
+) -> int:
+    """Run the node until SIGINT / SIGTERM (0) or a start-up failure (1).
+
+    A start-up failure is one FATAL line naming the parameter or file and the fix, no
+    traceback: the cause is the user's input, not a bug. ``stop_requested`` says whether a
+    signal came before rclpy's handlers were there to see it.
+    """
+    use_fastdds_profile()  # before rclpy.init creates the participant; the user's file wins
+    if stop_requested():
+        return 0
+    rclpy.init(args=args)
+    node: SemsegNode | None = None
+    try:
+        if stop_requested():  # came while rclpy.init installed its handlers
+            return 0
+        node = SemsegNode()
+        if not stop_requested():
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (NodeStartupError, ParameterException) as err:
+        if rclpy.ok() and not stop_requested():  # else a stop broke the start: clean exit
+            get_logger(NODE_NAME).fatal(f'cannot start: {err}')
+            return 1
+    except Exception:
+        if rclpy.ok() and not stop_requested():
+            raise
+        # A signal shut the context down while the node was being built: rclpy then fails
+        # in whatever it was doing (RCLError, InvalidHandle). That is a clean stop.
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

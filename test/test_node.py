@@ -1,0 +1,492 @@
+"""The rclpy node on real ROS 2 (Kilted from PyPI, or a sourced install).
+
+In-process tests build the node with rclpy's own options (``parameter_overrides``,
+``cli_args`` remaps) on a context of their own and talk to it from a second node through an
+executor; process tests start ``semseg_node`` the way ``ros2 run`` / ``ros2 launch`` do, with
+``--ros-args --params-file config/semseg.yaml`` and remaps, and send it signals.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy', reason='ROS 2 is not installed: pip install -e .[ros]')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from test_bag import export_tiny_model  # noqa: E402
+
+from semseg_ros.labels import CARLA23, LYFT13, remap  # noqa: E402
+from semseg_ros.node.ros_node import SemsegNode  # noqa: E402
+from semseg_ros.node_core import PARAMETERS, NodeParams, OnlineIoU  # noqa: E402
+from semseg_ros.segmenter import Segmenter  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_FILE = REPO / 'config' / 'semseg.yaml'
+CAMERA = '/carla/ego_vehicle/rgb_front/image'
+SEG_CAMERA = '/carla/ego_vehicle/semantic_segmentation_front/image'
+FRAME_ID = 'ego_vehicle/rgb_front'
+WIDTH, HEIGHT = 96, 72
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tmp_path_factory) -> Path:
+    return export_tiny_model(tmp_path_factory.mktemp('model'))
+
+
+@pytest.fixture(scope='module')
+def segmenter(tiny_model) -> Segmenter:
+    """The reference: what the node must publish is what this returns for the same frame."""
+    return Segmenter.from_model(tiny_model, backend='onnxruntime', device='cpu')
+
+
+def camera_frame(seed: int) -> np.ndarray:
+    """(H, W, 4) uint8 bgra8, as the CARLA bridge publishes it."""
+    rng = np.random.default_rng(seed)
+    bgra = rng.integers(0, 256, (HEIGHT, WIDTH, 4), dtype=np.uint8)
+    bgra[..., 3] = 255
+    return bgra
+
+
+def image_msg(pixels: np.ndarray, encoding: str, *, sec: int, nanosec: int = 0) -> Image:
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding)
+    msg.step = pixels.shape[1] * (pixels.shape[2] if pixels.ndim == 3 else 1)
+    msg.data = pixels.tobytes()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+    msg.header.frame_id = FRAME_ID
+    return msg
+
+
+def as_array(msg: Image) -> np.ndarray:
+    channels = msg.step // msg.width
+    shape = (msg.height, msg.width) if channels == 1 else (msg.height, msg.width, channels)
+    return np.frombuffer(bytes(msg.data), np.uint8).reshape(shape)
+
+
+class Graph:
+    """The node under test plus a peer node (camera publishers, output subscribers) spun by one
+    executor in a background thread."""
+
+    def __init__(self, context, model: Path, **overrides) -> None:
+        overrides.setdefault('backend', 'onnxruntime')
+        overrides.setdefault('device', 'cpu')
+        remaps = overrides.pop('remaps', {'image': CAMERA, 'ground_truth': SEG_CAMERA})
+        self.context = context
+        self.node = SemsegNode(
+            context=context,
+            parameter_overrides=[
+                Parameter('model_path', value=str(model)),
+                *(Parameter(name, value=value) for name, value in overrides.items()),
+            ],
+            cli_args=['--ros-args', *(x for a, b in remaps.items() for x in ('-r', f'{a}:={b}'))],
+        )
+        self.peer = rclpy.create_node('peer', context=context)
+        self.received: dict[str, list] = {}
+        self.executor = SingleThreadedExecutor(context=context)
+        for node in (self.node, self.peer):
+            self.executor.add_node(node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def publisher(self, msg_type, topic: str, qos: QoSProfile | int = 10):
+        return self.peer.create_publisher(msg_type, topic, qos)
+
+    def subscribe(self, topic: str, msg_type=Image) -> list:
+        got: list = []
+        self.received[topic] = got
+        self.peer.create_subscription(msg_type, topic, got.append, 10)
+        return got
+
+    def wait(self, condition: Callable[[], bool], timeout: float = 10.0, what: str = '') -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+            time.sleep(0.01)
+
+    def diagnostics(self) -> dict[str, str]:
+        """The node's next /diagnostics report as {key: value} (a report is due every 1 s)."""
+        got = self.received.get('/diagnostics') or self.subscribe('/diagnostics', DiagnosticArray)
+        before = len(got)
+        self.wait(lambda: len(got) > before, 5.0, '/diagnostics')
+        (status,) = got[-1].status
+        return {'level': status.level, **{kv.key: kv.value for kv in status.values}}
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self._thread.join(5)
+        self.node.destroy_node()
+        self.peer.destroy_node()
+
+
+@pytest.fixture
+def graph(ros_context, tiny_model):
+    graphs: list[Graph] = []
+
+    def make(**overrides) -> Graph:
+        graphs.append(Graph(ros_context, tiny_model, **overrides))
+        return graphs[-1]
+
+    yield make
+    for g in graphs:
+        g.close()
+
+
+def connected(publisher, count: int = 1) -> Callable[[], bool]:
+    return lambda: publisher.get_subscription_count() >= count
+
+
+# --- In one process ----------------------------------------------------------------------------
+
+
+def test_masks_equal_the_segmenters_and_every_output_carries_the_input_header(graph, segmenter):
+    g = graph()
+    outputs = {name: g.subscribe(f'/semseg_node/{name}') for name in ('mask', 'color', 'overlay')}
+    camera = g.publisher(Image, CAMERA)
+    g.wait(connected(camera), what='the node to subscribe the camera')
+    g.wait(lambda: g.node.wanted_outputs().overlay, what='our subscriptions to match')
+    for k in range(3):  # one at a time: the newest-frame slot drops nothing
+        camera.publish(image_msg(camera_frame(k), 'bgra8', sec=10, nanosec=k))
+        g.wait(lambda k=k: all(len(got) > k for got in outputs.values()), what=f'frame {k}')
+    for k in range(3):
+        bgra = camera_frame(k)
+        expected = segmenter.segment(bgra[..., 2::-1].copy()).ids  # (H, W) uint8
+        mask, color, overlay = (outputs[name][k] for name in ('mask', 'color', 'overlay'))
+        for msg in (mask, color, overlay):
+            assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (10, k)
+            assert msg.header.frame_id == FRAME_ID
+            assert (msg.height, msg.width) == (HEIGHT, WIDTH)
+        assert mask.encoding == 'mono8'
+        np.testing.assert_array_equal(as_array(mask), expected)
+        assert color.encoding == overlay.encoding == 'rgb8'
+        np.testing.assert_array_equal(as_array(color), LYFT13.id_to_color(expected))
+    report = g.diagnostics()
+    assert report['frames received'] == report['frames published'] == '3'
+    assert report['frames lost in transport'] == report['frames dropped (stale)'] == '0'
+    assert report['backend'].startswith('onnxruntime') and report['class set'] == 'lyft13'
+
+
+def test_outputs_are_computed_only_when_subscribed(graph):
+    g = graph()
+    camera = g.publisher(Image, CAMERA)
+    g.wait(connected(camera), what='the node to subscribe the camera')
+    report = g.diagnostics()
+    camera.publish(image_msg(camera_frame(0), 'bgra8', sec=1))
+    g.wait(lambda: g.node.core.skipped == 1, what='the frame to be skipped')
+    assert g.node.core.processing.p50 != g.node.core.processing.p50  # NaN: nothing was run
+    masks = g.subscribe('/semseg_node/mask')
+    g.wait(lambda: g.node.wanted_outputs().mask, what='the mask subscription to match')
+    assert g.node.wanted_outputs() == type(g.node.wanted_outputs())(True, False, False)
+    camera.publish(image_msg(camera_frame(1), 'bgra8', sec=2))
+    g.wait(lambda: len(masks) == 1, what='a mask')
+    report = g.diagnostics()
+    assert report['frames skipped (no subscriber)'] == '1'
+    assert report['frames published'] == '1' and report['frames received'] == '2'
+
+
+def test_every_parameter_is_declared_with_its_description_and_read_only(graph):
+    g = graph()
+    declared = {p.name for p in PARAMETERS} - {'use_sim_time'}  # rclpy declares that one
+    descriptors = g.node.describe_parameters(sorted(declared))
+    for spec in PARAMETERS:
+        if spec.name in declared:
+            descriptor = descriptors[sorted(declared).index(spec.name)]
+            assert descriptor.description == spec.metadata['description'], spec.name
+            assert descriptor.read_only, f'{spec.name} needs a restart: it must be read-only'
+    (result,) = g.node.set_parameters([Parameter('overlay_alpha', value=0.9)])
+    assert not result.successful and 'read-only' in result.reason
+    assert g.node.get_parameter('qos_reliability').value == 'best_available'
+
+
+@pytest.mark.parametrize('namespace', ['/', '/carla', '/a/b'])
+def test_the_params_file_loads_for_the_node_in_any_namespace(ros_context, tiny_model, namespace):
+    node = SemsegNode(
+        context=ros_context,
+        parameter_overrides=[Parameter('model_path', value=str(tiny_model))],
+        cli_args=['--ros-args', '--params-file', str(PARAMS_FILE), '-r', f'__ns:={namespace}'],
+    )
+    try:
+        # The file documents the defaults; it must not silently differ from the code.
+        defaults = NodeParams(model_path=str(tiny_model))
+        assert node.core.params == defaults
+        assert node.get_fully_qualified_name() == f'{namespace.rstrip("/")}/semseg_node'
+    finally:
+        node.destroy_node()
+
+
+def qos_of(node, topic: str, *, publishers: bool):
+    """The QoS an endpoint of ``topic`` was created with, as the graph reports it."""
+    get = node.get_publishers_info_by_topic if publishers else node.get_subscriptions_info_by_topic
+    (info,) = [i for i in get(topic) if i.node_name == 'semseg_node']
+    return info.qos_profile
+
+
+def test_a_qos_override_changes_that_topic_only(graph):
+    g = graph(
+        ground_truth=True,
+        **{
+            f'qos_overrides.{CAMERA}.subscription.reliability': 'best_effort',
+            'qos_overrides./semseg_node/mask.publisher.reliability': 'best_effort',
+            'qos_overrides./semseg_node/mask.publisher.depth': 3,
+        },
+    )
+    best_effort, reliable = ReliabilityPolicy.BEST_EFFORT, ReliabilityPolicy.RELIABLE
+    # What the graph sees (discovery carries reliability, not depth) ...
+    assert qos_of(g.peer, CAMERA, publishers=False).reliability == best_effort
+    # ... best_available with no publisher yet resolves to reliable
+    assert qos_of(g.peer, SEG_CAMERA, publishers=False).reliability == reliable
+    assert qos_of(g.peer, '/semseg_node/mask', publishers=True).reliability == best_effort
+    for name in ('color', 'overlay'):
+        assert qos_of(g.peer, f'/semseg_node/{name}', publishers=True).reliability == reliable
+    # ... and what the endpoints were created with.
+    depths = {name: pub.qos_profile.depth for name, pub in g.node.image_publishers.items()}
+    assert depths == {'mask': 3, 'color': 10, 'overlay': 10}
+    assert g.node.gt_subscription.qos_profile.depth == g.node.image_subscription.qos_profile.depth
+
+
+def test_ground_truth_is_scored_online(graph, segmenter):
+    g = graph(ground_truth=True)
+    g.subscribe('/semseg_node/mask')
+    camera, seg_camera = g.publisher(Image, CAMERA), g.publisher(Image, SEG_CAMERA)
+    g.wait(lambda: connected(camera)() and connected(seg_camera)(), what='both subscriptions')
+    g.wait(lambda: g.node.wanted_outputs().mask, what='the mask subscription to match')
+    expected = OnlineIoU('carla23', 'lyft13')
+    for k in range(4):
+        bgra = camera_frame(k)
+        ids = segmenter.segment(bgra[..., 2::-1].copy()).ids
+        truth = ids.copy()
+        truth[: HEIGHT // 2] = (truth[: HEIGHT // 2] + k + 1) % 13  # wrong in the top half
+        gt_rgb = CARLA23.id_to_color(remap(truth, LYFT13, CARLA23))  # the bridge's palette
+        expected.update(ids, gt_rgb)
+        gt_bgra = np.concatenate([gt_rgb[..., ::-1], np.full_like(gt_rgb[..., :1], 255)], -1)
+        seg_camera.publish(image_msg(gt_bgra, 'bgra8', sec=20 + k))  # either may come first
+        camera.publish(image_msg(bgra, 'bgra8', sec=20 + k))
+        g.wait(lambda k=k: g.node.core.iou.frames == k + 1, what=f'frame {k} scored')
+    report = g.diagnostics()
+    assert report['ground truth frames scored'] == '4'
+    assert report['mIoU'] == f'{expected.miou():.4f}'
+    assert 0 < expected.miou() < 1
+
+
+def test_use_sim_time_measures_latency_on_clock(graph):
+    g = graph(use_sim_time=True)
+    masks = g.subscribe('/semseg_node/mask')
+    clock = g.publisher(Clock, '/clock')
+    camera = g.publisher(Image, CAMERA)
+    g.wait(lambda: connected(camera)() and connected(clock)(), what='camera and /clock')
+    g.wait(lambda: g.node.wanted_outputs().mask, what='the mask subscription to match')
+    now = Clock()
+    now.clock.sec = 100
+    clock.publish(now)
+    g.wait(lambda: g.node.get_clock().now().nanoseconds == 100 * 10**9, what='sim time 100 s')
+    camera.publish(image_msg(camera_frame(0), 'bgra8', sec=99, nanosec=950_000_000))
+    g.wait(lambda: len(masks) == 1, what='a mask')
+    report = g.diagnostics()
+    # Stamp 99.95 s published at sim time 100 s: 50 ms of simulated time, whatever the wall.
+    assert report['latency stamp to publish p50 (ms)'] == '50.0'
+
+
+# --- As a process ------------------------------------------------------------------------------
+
+
+def node_command(*ros_args: str) -> list[str]:
+    return [sys.executable, '-m', 'semseg_ros.node', '--ros-args', *ros_args]
+
+
+def start_node(env: dict[str, str], *ros_args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        node_command(*ros_args),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, float, str]:
+    """Send ``sig``; returns (exit code, seconds to exit, output)."""
+    start = time.monotonic()
+    process.send_signal(sig)
+    try:
+        out, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return process.returncode, time.monotonic() - start, out
+
+
+@pytest.mark.slow
+def test_the_node_process_with_the_params_file_and_remaps(ros_env, ros_context, tiny_model):
+    process = start_node(
+        ros_env, '--params-file', str(PARAMS_FILE), '-p', f'model_path:={tiny_model}',
+        '-r', f'image:={CAMERA}', '-r', '__ns:=/cam1',
+    )  # fmt: skip
+    peer = rclpy.create_node('peer', context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(peer)
+    masks: list[Image] = []
+    try:
+        peer.create_subscription(Image, '/cam1/semseg_node/mask', masks.append, 10)
+        camera = peer.create_publisher(Image, CAMERA, 10)
+        deadline = time.monotonic() + 20
+        while camera.get_subscription_count() < 1 or not peer.get_publishers_info_by_topic(
+            '/cam1/semseg_node/mask'
+        ):
+            assert time.monotonic() < deadline and process.poll() is None, (
+                'the node did not come up'
+            )
+            executor.spin_once(0.05)
+        time.sleep(0.2)  # let the node see our mask subscription too
+        camera.publish(image_msg(camera_frame(0), 'bgra8', sec=3))
+        while not masks and time.monotonic() < deadline:
+            executor.spin_once(0.05)
+        assert masks, 'no mask from the node process'
+        assert masks[0].header.frame_id == FRAME_ID and masks[0].header.stamp.sec == 3
+    finally:
+        code, seconds, out = stop(process)
+        executor.shutdown()
+        peer.destroy_node()
+    assert code == 0 and seconds < 2.0, out
+    assert 'best_available' not in out  # the params file's values were accepted as they are
+    assert '/cam1/semseg_node/mask' in out  # its start line names where it publishes
+
+
+@pytest.mark.parametrize(
+    ('args', 'expected'),
+    [
+        ((), 'model_path is not set'),
+        (('-p', 'model_path:=/nonexistent/model.onnx'), "model_path '/nonexistent/model.onnx'"),
+        (('-p', 'model_path:=CORRUPT'), 'cannot load model_path'),
+        (('-p', 'model_path:=TINY', '-p', 'overlay_alpha:=1.5'), 'overlay_alpha 1.5'),
+        (('-p', 'model_path:=TINY', '-p', 'qos_depth:=deep'), "parameter 'qos_depth'"),
+        (('-p', 'model_path:=TINY', '-p', 'device:=gpu'), "device 'gpu'"),
+        (('-p', 'model_path:=TINY', '-p', 'class_set:=carla23'), "class_set 'carla23'"),
+    ],
+    ids=['no-model', 'missing-model', 'corrupt-model', 'alpha', 'type', 'device', 'class-set'],
+)
+def test_a_bad_parameter_or_model_is_one_fatal_line(ros_env, tiny_model, tmp_path, args, expected):
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'\x08\x07not a model' * 20)
+    args = tuple(a.replace('CORRUPT', str(corrupt)).replace('TINY', str(tiny_model)) for a in args)
+    result = subprocess.run(
+        node_command(*args), env=ros_env, cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 1, lines
+    assert len(lines) == 1 and '[FATAL]' in lines[0] and 'cannot start' in lines[0], lines
+    assert expected in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_a_signal_at_any_moment_exits_0_within_2_s(ros_env, tiny_model, sig, test_scale):
+    """From the first line of our code on: importing, rclpy.init, loading the model, spinning.
+
+    (A signal in the interpreter's own start-up, before any line of ours runs, gets Python's
+    default behaviour; that window is about 30 ms.)
+    """
+    delays = test_scale.pick([0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0, 1.5], np.arange(0.05, 2, 0.05))
+    failures = []
+    for delay in delays:
+        process = start_node(ros_env, '-p', f'model_path:={tiny_model}')
+        time.sleep(delay)
+        code, seconds, out = stop(process, sig)
+        if code != 0 or seconds >= 2.0 or 'Traceback' in out:
+            failures.append((float(delay), code, round(seconds, 2), out[-500:]))
+    assert not failures, failures
+
+
+# A bridge stand-in with Fast DDS's defaults: `count` 800x600 bgra8 frames at 20 Hz, RELIABLE,
+# between small frames (`tail` of them after, one before). A best-effort reader learns of a
+# loss from the next sample that arrives (and of none before the first one it gets), and small
+# ones do arrive: they make every loss known. Prints the number of frames it sent.
+PUBLISHER = r"""
+import sys, time
+import numpy as np, rclpy
+from sensor_msgs.msg import Image
+count, tail = int(sys.argv[1]), int(sys.argv[2])
+rclpy.init()
+node = rclpy.create_node('bridge')
+pub = node.create_publisher(Image, sys.argv[3], 10)
+while pub.get_subscription_count() < 1:
+    time.sleep(0.05)
+time.sleep(0.5)
+big = Image(height=600, width=800, encoding='bgra8', step=3200, data=bytes(600 * 800 * 4))
+small = Image(height=8, width=8, encoding='bgra8', step=32, data=bytes(8 * 8 * 4))
+for k in range(1 + count + tail):
+    msg = big if 1 <= k <= count else small
+    msg.header.stamp.sec = k
+    pub.publish(msg)
+    time.sleep(0.05 if 1 <= k < count else 0.2)
+pub.wait_for_all_acked()
+print('sent', 1 + count + tail, flush=True)
+rclpy.shutdown()
+"""
+
+DEFAULT_FASTDDS = """<?xml version="1.0" encoding="UTF-8"?>
+<dds xmlns="http://www.eprosima.com"><profiles>
+  <participant profile_name="defaults" is_default_profile="true"><rtps/></participant>
+</profiles></dds>
+"""
+
+
+@pytest.mark.slow
+def test_frames_lost_in_transport_are_counted(ros_env, ros_context, tiny_model, tmp_path):
+    """The classic trap: a best-effort subscription to a reliable publisher of large frames,
+    on Fast DDS's default transports. Most frames are lost, and /diagnostics says so:
+    sent = received + lost in transport, received = published + stale + bad + failed +
+    skipped + pending."""
+    defaults = tmp_path / 'fastdds_defaults.xml'
+    defaults.write_text(DEFAULT_FASTDDS)
+    env = dict(ros_env, FASTDDS_DEFAULT_PROFILES_FILE=str(defaults))
+    node = start_node(
+        env, '-p', f'model_path:={tiny_model}', '-p', 'qos_reliability:=best_effort',
+        '-r', f'image:={CAMERA}',
+    )  # fmt: skip
+    reports: list[DiagnosticArray] = []
+    peer = rclpy.create_node('peer', context=ros_context)
+    peer.create_subscription(DiagnosticArray, '/diagnostics', reports.append, 10)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(peer)
+    try:
+        bridge = subprocess.run(
+            [sys.executable, '-c', PUBLISHER, '30', '3', CAMERA],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert bridge.returncode == 0, bridge.stderr
+        sent = int(bridge.stdout.split()[-1])
+        deadline = time.monotonic() + 5
+        values: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            executor.spin_once(0.1)
+            if reports:
+                values = {kv.key: kv.value for kv in reports[-1].status[0].values}
+                arrived = int(values['frames received'])
+                if arrived + int(values['frames lost in transport']) == sent:
+                    break
+    finally:
+        code, _, out = stop(node)
+        executor.shutdown()
+        peer.destroy_node()
+    assert code == 0, out
+    count = {key.removeprefix('frames ').split(' (')[0]: int(v)
+             for key, v in values.items() if key.startswith('frames')}  # fmt: skip
+    assert count['lost in transport'] > 0, values  # the trap is real ...
+    assert count['received'] + count['lost in transport'] == sent, values  # ... and counted
+    assert count['received'] == sum(
+        count[k] for k in ('published', 'dropped', 'failed', 'skipped', 'pending')
+    ), values
