@@ -77,17 +77,13 @@ COMMANDS: CommandTree = {
         'training.export:main',
         'export a checkpoint to ONNX with metadata (+ FP16, INT8); --tensorrt builds the engine',
     ),
-    'run': Command(
-        'semseg_ros.standalone:main',
-        'run the segmentation node without ROS, over Cyclone DDS (ROS 2 on the wire)',
-    ),
     'replay': Command(
         'semseg_ros.replay:main',
-        'publish a dataset or bag as the CARLA bridge camera topics (ROS 2 over DDS)',
+        'publish a dataset or bag as the CARLA bridge camera topics (rclpy)',
     ),
     'record': Command(
         'semseg_ros.record:main',
-        'record ROS 2 topics to a bag (mcap or sqlite3) without ROS',
+        'record ROS 2 topics to a bag (mcap or sqlite3) with rclpy, no rosbag2 needed',
     ),
     'bag': Command(
         'semseg_ros.bag:main',

@@ -1,14 +1,19 @@
-"""``make demo`` / ``semseg demo``: the whole runtime graph on a synthetic drive, no ROS needed.
+"""``make demo`` / ``semseg demo``: the whole runtime graph on a synthetic drive, no CARLA needed.
 
 1. Generate a synthetic drive (a sequence of 800x600 frames with ground truth) and, for the
    data layer, a small dataset with its check report and a sample sheet.
-2. Run three real processes on loopback, as the CARLA bridge, our node and ``ros2 bag record``
-   would run beside each other: ``semseg replay`` (camera + segmentation camera topics, 20 Hz
-   sim time) -> ``semseg run`` (the standalone node with the shipped model, ROS 2 over Cyclone
-   DDS) -> ``semseg record`` (masks and /diagnostics into an mcap bag).
+2. Run three real ROS 2 processes (rclpy on Fast DDS) as the CARLA bridge, our node and
+   ``ros2 bag record`` would run beside each other, in a ROS domain of their own with
+   localhost discovery and the shipped Fast DDS profile: ``semseg replay`` (camera +
+   segmentation camera topics, 20 Hz sim time, /clock; frames decoded before the stream, as
+   a simulator has them, so PNG decoding takes no CPU from the node) -> ``semseg_node`` (the
+   shipped model, ``config/semseg.yaml``, sim time, ground truth) -> ``semseg record``
+   (masks, camera_info and /diagnostics into an mcap bag). The node is stopped with SIGINT
+   once the stream ended and its last report is out, and must exit 0.
 3. Read the bag back and write what a person looks at into ``--out`` (default ``runs/demo``):
    ``drive.gif`` (camera | colour mask | overlay), ``contact_sheet.png``, ``metrics.json``
-   (per-class IoU against the synthetic ground truth, FPS, latency p50/p99, drops).
+   (per-class IoU against the synthetic ground truth, FPS, latency p50/p99, drops by kind,
+   processing p50).
 
 This module glues both halves of the project, so it imports the training package lazily.
 """
@@ -17,26 +22,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
-import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from semseg_ros.labels import LYFT13
 from semseg_ros.metrics import ConfusionMatrix
+from semseg_ros.node_core import DIAGNOSTICS_PERIOD_S
+from semseg_ros.ros_env import isolated_environment, random_domain_id, share_file
 from semseg_ros.visualize import contact_sheet, fit_width, label_panel, write_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / 'models' / 'semseg_demo.onnx'
 MASK_TOPIC = '/semseg_node/mask'
+CAMERA_TOPIC = '/carla/ego_vehicle/rgb_front/image'
+CAMERA_INFO_TOPIC = '/carla/ego_vehicle/rgb_front/camera_info'
+SEG_TOPIC = '/carla/ego_vehicle/semantic_segmentation_front/image'
 SIM_HZ = 20.0
+#: /diagnostics keys of the node's frame accounting, by the kind of drop.
+DROP_KEYS = {
+    'stale': 'frames dropped (stale)',
+    'lost in transport': 'frames lost in transport',
+    'bad input': 'frames dropped (bad input)',
+    'failed': 'frames failed',
+    'skipped (no subscriber)': 'frames skipped (no subscriber)',
+}
 
 
 class DemoError(RuntimeError):
@@ -44,13 +63,13 @@ class DemoError(RuntimeError):
 
 
 class ChildProcess:
-    """A ``semseg`` subcommand in its own process; its output goes to a log file and a queue."""
+    """A process of the graph; its output goes to a log file and a queue."""
 
-    def __init__(self, name: str, args: list[str], *, env: dict[str, str], log_dir: Path):
+    def __init__(self, name: str, command: list[str], *, env: dict[str, str], log_dir: Path):
         self.name = name
         self.log_path = log_dir / f'{name}.log'
         self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'semseg_ros.cli', *args, '--loopback'],
+            command,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -79,6 +98,10 @@ class ChildProcess:
         msg = f'{self.name} did not report {text!r} within {timeout:.0f} s; see {self.log_path}'
         raise DemoError(msg)
 
+    def signal(self, signum: int = signal.SIGINT) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
     def finish(self, timeout: float) -> None:
         try:
             code = self.proc.wait(timeout)
@@ -95,70 +118,124 @@ class ChildProcess:
             self.proc.wait()
 
 
-def run_graph(model: Path, drive_dir: Path, bag: Path, *, log_dir: Path, rate: float) -> float:
-    """replay -> node -> recorder on loopback, on a fresh ROS domain; returns the wall seconds
-    the camera stream took."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(1, 200)), PYTHONUNBUFFERED='1')
+def semseg_command(*args: str) -> list[str]:
+    """A ``semseg`` subcommand in this Python (``python -m semseg_ros.cli``)."""
+    return [sys.executable, '-m', 'semseg_ros.cli', *args]
+
+
+def node_command(model: Path) -> list[str]:
+    """``semseg_node`` as ``ros2 run`` starts it beside the bridge: the shipped parameters,
+    the model, sim time, ground truth from the segmentation camera, the bridge's topics."""
+    params = share_file('config', 'semseg.yaml')
+    if params is None:
+        raise DemoError('config/semseg.yaml was not found; reinstall semseg_ros')
+    return [
+        sys.executable, '-m', 'semseg_ros.node', '--ros-args', '--params-file', str(params),
+        '-p', f'model_path:={model}', '-p', 'use_sim_time:=true',
+        # ground truth as the bridge sends it: carla23 colours (the node's default set)
+        '-p', 'ground_truth:=true',
+        '-r', f'image:={CAMERA_TOPIC}', '-r', f'ground_truth:={SEG_TOPIC}',
+    ]  # fmt: skip
+
+
+def run_graph(model: Path, drive_dir: Path, bag: Path, *, log_dir: Path, rate: float) -> None:
+    """replay -> node -> recorder in a ROS domain of their own; each must exit 0."""
+    env = dict(isolated_environment(random_domain_id()), PYTHONUNBUFFERED='1')
     children: list[ChildProcess] = []
     try:
-        node = ChildProcess(
-            'node',
-            ['run', '--model', str(model), '-p', 'use_sim_time:=true',
-             # ground truth as the bridge sends it: carla23 colours (the node's default set)
-             '-p', 'ground_truth:=true',
-             '--idle-exit', '3', '--duration', '240'],
-            env=env, log_dir=log_dir,
-        )  # fmt: skip
+        node = ChildProcess('node', node_command(model), env=env, log_dir=log_dir)
         children.append(node)
         recorder = ChildProcess(
             'recorder',
-            ['record', '--out', str(bag), '--idle-timeout', '5', '--duration', '240',
-             MASK_TOPIC, '/diagnostics'],
+            semseg_command('record', '--out', str(bag), '--duration', '240',
+                           MASK_TOPIC, CAMERA_INFO_TOPIC, '/diagnostics'),
             env=env, log_dir=log_dir,
         )  # fmt: skip
         children.append(recorder)
         # Frames flow only once the recorder listens to the masks: the node does not compute
         # outputs nobody subscribes to.
         recorder.wait_for_line(f'{MASK_TOPIC}: 1 publisher(s) matched', timeout=60)
-        start = time.perf_counter()
         camera = ChildProcess(
             'replay',
-            ['replay', str(drive_dir), '--rate', str(rate), '--wait-for-subscribers', '1'],
+            semseg_command('replay', str(drive_dir), '--rate', str(rate), '--preload',
+                           '--wait-for-subscribers', '1', '--wait-for', f'{CAMERA_INFO_TOPIC}:1'),
             env=env, log_dir=log_dir,
         )  # fmt: skip
         children.append(camera)
+        # replay exits once the node's reader acknowledged every frame (or 2 s after).
         camera.finish(timeout=240)
-        stream_seconds = time.perf_counter() - start
-        node.finish(timeout=60)
+        # The node finishes its last frame and reports; its masks are reliable to the recorder.
+        time.sleep(2.5 * DIAGNOSTICS_PERIOD_S)
+        node.signal(signal.SIGINT)
+        node.finish(timeout=30)
+        recorder.signal(signal.SIGINT)  # writes what arrived, closes the bag
         recorder.finish(timeout=60)
-        return stream_seconds
     finally:
         for child in children:
             child.kill()
 
 
-def read_outputs(bag: Path) -> tuple[dict[int, np.ndarray], dict[str, str]]:
-    """Masks by replay tick, and the key/values of the node's last /diagnostics report."""
+@dataclass
+class GraphOutputs:
+    """What the recorder wrote, by replay tick (replay stamps tick k at (k + 1) / 20 s)."""
+
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    mask_received_ns: dict[int, int] = field(default_factory=dict)  # recorder's receive time
+    camera_received_ns: dict[int, int] = field(default_factory=dict)  # camera_info's
+    diagnostics: dict[str, str] = field(default_factory=dict)  # last report while streaming
+    final: dict[str, str] = field(default_factory=dict)  # the node's last report
+
+    def stream_seconds(self) -> float:
+        """Wall seconds from the first camera frame to the last mask (recorder receive times;
+        process start-up and discovery are not part of the stream)."""
+        if not self.mask_received_ns or not self.camera_received_ns:
+            return 0.0
+        span_ns = max(self.mask_received_ns.values()) - min(self.camera_received_ns.values())
+        return span_ns / 1e9
+
+    def fps(self) -> float:
+        """Masks per second of the stream."""
+        return len(self.masks) / self.stream_seconds() if self.stream_seconds() > 0 else 0.0
+
+    def latency_ms(self) -> np.ndarray:
+        """Wall-clock camera frame -> mask, per mask (both receive times in the recorder)."""
+        return np.array([
+            (received - self.camera_received_ns[tick]) / 1e6
+            for tick, received in self.mask_received_ns.items()
+            if tick in self.camera_received_ns
+        ])  # fmt: skip
+
+
+def _tick(header: Any) -> int:
+    """The replay tick of a header: replay stamps tick k at (k + 1) / 20 s."""
+    stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    return round(stamp_ns * SIM_HZ / 1e9) - 1
+
+
+def read_outputs(bag: Path) -> GraphOutputs:
+    """Masks, receive times and the node's /diagnostics reports from the recorder's bag."""
     from rosbags.highlevel import AnyReader
 
     from semseg_ros.imaging import image_to_array
 
-    masks: dict[int, np.ndarray] = {}
-    diagnostics: dict[str, str] = {}
+    outputs = GraphOutputs()
     with AnyReader([bag]) as reader:
-        for connection, _, raw in reader.messages(connections=reader.connections):
+        for connection, received_ns, raw in reader.messages(connections=reader.connections):
             msg = reader.deserialize(raw, connection.msgtype)
             if connection.topic == MASK_TOPIC:
-                stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                tick = round(stamp_ns * SIM_HZ / 1e9) - 1  # replay stamps tick k at (k+1)/Hz
-                masks[tick] = np.array(image_to_array(msg))
+                tick = _tick(msg.header)
+                outputs.masks[tick] = np.array(image_to_array(msg))
+                outputs.mask_received_ns[tick] = received_ns
+            elif connection.topic == CAMERA_INFO_TOPIC:
+                outputs.camera_received_ns[_tick(msg.header)] = received_ns
             elif msg.status:
                 report = {kv.key: kv.value for kv in msg.status[0].values}
-                # The last report written while frames were flowing: the final one, after the
-                # stream ended, has zero rates.
-                if not diagnostics or report.get('input rate (Hz)') != '0.00':
-                    diagnostics = report
-    return masks, diagnostics
+                outputs.final = report
+                # The last report written while frames were flowing: those after the stream
+                # ended have zero rates.
+                if not outputs.diagnostics or report.get('input rate (Hz)') != '0.00':
+                    outputs.diagnostics = report
+    return outputs
 
 
 def run_demo(
@@ -191,22 +268,11 @@ def run_demo(
     # The graph: a synthetic drive through replay -> node -> recorder.
     drive_dir = generate_dataset(out / 'drive', frames, seed, mode='sequence', progress=True)
     samples = scan_dataset(drive_dir).samples
-    for attempt in (1, 2):
-        # A second attempt, on a fresh domain, for the rare Cyclone DDS discovery stall on
-        # loopback in which the camera never matches the node (see test_graph.py).
-        try:
-            stream_seconds = run_graph(
-                model, drive_dir, out / 'outputs_bag', log_dir=out / 'logs', rate=rate
-            )
-            masks, diagnostics = read_outputs(out / 'outputs_bag')
-            if not masks:
-                raise DemoError(f'the node published no masks; see {out / "logs" / "node.log"}')
-            break
-        except DemoError as err:
-            if attempt == 2:
-                raise
-            print(f'{err}; trying once more on a fresh ROS domain', file=sys.stderr)
-            shutil.rmtree(out / 'outputs_bag', ignore_errors=True)
+    run_graph(model, drive_dir, out / 'outputs_bag', log_dir=out / 'logs', rate=rate)
+    outputs = read_outputs(out / 'outputs_bag')
+    masks = outputs.masks
+    if not masks:
+        raise DemoError(f'the node published no masks; see {out / "logs" / "node.log"}')
 
     confusion = ConfusionMatrix(LYFT13.num_classes)
     panels = []
@@ -224,23 +290,45 @@ def run_demo(
     write_animation(out / 'drive.gif', [fit_width(p, 960) for p in panels], fps=rate / 2)
     write_rgb(out / 'contact_sheet.png', contact_sheet([fit_width(p, 1200) for p in panels[::8]]))
 
+    latency = outputs.latency_ms()
+    final = outputs.final
     metrics = {
         'model': str(model),
         'frames_published': len(samples),
         'masks_received': len(masks),
-        'stream_seconds': round(stream_seconds, 2),
-        'fps_end_to_end': round(len(masks) / stream_seconds, 2),
+        'stream_seconds': round(outputs.stream_seconds(), 2),
+        'fps_end_to_end': round(outputs.fps(), 2),
+        'latency_wall_ms': {
+            'p50': round(float(np.percentile(latency, 50)), 1),
+            'p99': round(float(np.percentile(latency, 99)), 1),
+        },
+        'node_latency_sim_ms': {
+            'p50': _number(outputs.diagnostics.get('latency stamp to publish p50 (ms)')),
+            'p99': _number(outputs.diagnostics.get('latency stamp to publish p99 (ms)')),
+        },
+        'processing_p50_ms': _number(outputs.diagnostics.get('processing p50 (ms)')),
+        'frames_received_by_node': _number(final.get('frames received')),
+        'drops': {kind: _number(final.get(key)) for kind, key in DROP_KEYS.items()},
         'miou': round(confusion.miou(), 4),
         'pixel_accuracy': round(confusion.pixel_accuracy(), 4),
         'iou_per_class': {
             name: None if np.isnan(v) else round(float(v), 4)
             for name, v in zip(LYFT13.names, confusion.iou(), strict=True)
         },
-        'node_diagnostics': diagnostics,
+        'node_diagnostics': outputs.diagnostics,
+        'node_final_report': final,
         'data_check': {'pairs': report.total_pairs, 'problems': len(report.problems)},
     }
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _number(text: str | None) -> float | int | None:
+    """A /diagnostics value as a number (None when the node did not report it)."""
+    if text is None:
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and '.' not in text else value
 
 
 def write_animation(path: Path, frames: list[np.ndarray], *, fps: float) -> None:
@@ -281,17 +369,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f'{parser.prog}: {err}', file=sys.stderr)
         return 1
     diag = metrics['node_diagnostics']
+    drops = ', '.join(f'{n} {kind}' for kind, n in metrics['drops'].items())
     print()
     print(
         f'{metrics["frames_published"]} camera frames at {args.rate:g} Hz -> '
-        f'{metrics["masks_received"]} masks ({diag.get("frames dropped (stale)", "?")} '
-        f'dropped as stale: newest frame wins)'
+        f'{metrics["masks_received"]} masks; dropped: {drops} (stale: newest frame wins)'
     )
     print(
-        f'end to end {metrics["fps_end_to_end"]} FPS; node latency stamp->publish p50 '
-        f'{diag.get("latency stamp to publish p50 (ms)", "?")} ms, p99 '
-        f'{diag.get("latency stamp to publish p99 (ms)", "?")} ms (sim time, 50 ms ticks); '
-        f'processing p50 {diag.get("processing p50 (ms)", "?")} ms; backend '
+        f'end to end {metrics["fps_end_to_end"]} FPS; camera -> mask (wall clock) p50 '
+        f'{metrics["latency_wall_ms"]["p50"]} ms, p99 {metrics["latency_wall_ms"]["p99"]} ms; '
+        f'node latency stamp->publish p50 {diag.get("latency stamp to publish p50 (ms)", "?")} '
+        f'ms, p99 {diag.get("latency stamp to publish p99 (ms)", "?")} ms (sim time, 50 ms '
+        f'ticks); processing p50 {diag.get("processing p50 (ms)", "?")} ms; backend '
         f'{diag.get("backend", "?")}'
     )
     print(

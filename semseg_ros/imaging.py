@@ -1,7 +1,7 @@
 """sensor_msgs/Image <-> numpy: the one conversion used by every adapter.
 
-The rclpy node, the standalone Cyclone DDS node and the bag tool all hand the message's
-fields to this module; nothing here imports a message class (numpy + OpenCV only)::
+The rclpy node, ``semseg replay`` and the bag tool all hand the message's fields to this
+module; nothing here imports a message class (numpy + OpenCV only)::
 
     msg (any object with height, width, encoding, is_bigendian, step, data)
       -> ImageFields.from_msg  -> image_to_array  (H, W[, C]) view of msg.data, rows `step` apart
@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 # What adapters may put in ``data``: rclpy gives array.array('B'), rosbags a uint8 ndarray,
-# cyclonedds bytes or a list of ints.
+# others bytes or a list of ints.
 ImageData = bytes | bytearray | memoryview | np.ndarray | pyarray.array | Sequence[int]
 
 
@@ -166,7 +166,7 @@ def _unsupported(encoding: object, allowed: Sequence[str], what: str) -> ImageFo
 
 
 def _values_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Integer values (a list from cyclonedds, an int array) -> (N,) uint8, range-checked."""
+    """Integer values (a list of ints, an int array) -> (N,) uint8, range-checked."""
     flat = values.reshape(-1)
     if flat.size == 0:
         return np.empty(0, np.uint8)

@@ -1,9 +1,18 @@
-"""``semseg record --out BAG [TOPIC[:TYPE] ...]``: record DDS topics to a ROS 2 bag.
+"""``semseg record --out BAG [TOPIC[:TYPE] ...]``: record ROS 2 topics to a bag.
 
-``ros2 bag record`` without ROS: subscribes over Cyclone DDS (:mod:`semseg_ros.transport`)
-and writes every message's ROS 2 CDR bytes to a rosbag2 folder (mcap by default, or sqlite3)
-with ``rosbags``, stamped with the receive time like rosbag2 does. The bag is closed
-properly on ``--duration``, ``--count``, ``--idle-timeout``, SIGINT or SIGTERM.
+``ros2 bag record`` for machines with rclpy but without rosbag2 (rclpy from PyPI): an rclpy
+node (the shipped Fast DDS profile unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is set) subscribes
+to each topic with ``raw=True`` and writes the serialized CDR bytes as they arrived to a
+rosbag2 folder (mcap by default, or sqlite3) with ``rosbags``, stamped with the receive time
+like rosbag2 does. Subscriptions are RELIABLE (``--best-effort`` to match best-effort
+publishers too) with a deep history, so nothing a publisher had acknowledged is overwritten
+before it is written.
+
+The bag is written to a hidden sibling folder (``.BAG.recording``) and renamed to ``BAG``
+once closed, so ``BAG`` is always a complete bag; a sibling left by a killed run is removed.
+The bag is closed on ``--duration``, ``--count``, ``--idle-timeout``, SIGINT or SIGTERM (what
+already arrived is written first), and the exit code is 0. At exit it prints, per topic, the
+messages received and those the middleware reported lost (``message_lost`` events).
 
 A topic's type is given as ``TOPIC:pkg/msg/Type`` or guessed from its last name
 (``image``, ``mask``, ``color``, ``overlay`` -> Image; ``camera_info``; ``diagnostics``;
@@ -19,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from semseg_ros.cli_args import require_positive
 from semseg_ros.node_core import DIAGNOSTICS_TOPIC, NODE_NAME, OUTPUT_TOPICS
-from semseg_ros.transport.process import require_positive
+from semseg_ros.stop_signal import StopSignal
 
 _TYPE_BY_LAST_NAME = {
     'image': 'sensor_msgs/msg/Image',
@@ -41,99 +51,164 @@ DEFAULT_TOPICS = (
     DIAGNOSTICS_TOPIC,
 )
 STORAGES = ('mcap', 'sqlite3')
+#: Reader history per topic: ~5 s of a 20 Hz camera waiting for the disk.
+HISTORY_DEPTH = 100
+DRAIN_S = 1.0  # at most this long to write what already arrived, once stopped
 
 
 class RecordError(ValueError):
     """A topic spec or output path that cannot be used; the message says the fix."""
 
 
+def _typestore() -> Any:
+    from rosbags.typesys import Stores, get_typestore
+
+    # Humble's definitions: the message types recorded here are the same in Humble..Kilted,
+    # and a version 8 bag with them is read by every rosbag2 since Humble.
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
 def parse_topic(spec: str) -> tuple[str, str]:
     """``/a/image`` or ``/a/thing:sensor_msgs/msg/Image`` -> ``(topic, ros type)``."""
-    from semseg_ros.transport.msgs import MESSAGE_TYPES
-    from semseg_ros.transport.names import TransportError, resolve_topic
+    from semseg_ros.tool_node import MessageTypeError, message_class
+    from semseg_ros.topic_names import TopicNameError, resolve_topic
 
     topic, _, msgtype = spec.partition(':')
     try:
         topic = resolve_topic(topic)
-    except TransportError as err:
+    except TopicNameError as err:
         raise RecordError(str(err)) from err
     if not msgtype:
         msgtype = _TYPE_BY_LAST_NAME.get(topic.rsplit('/', 1)[-1], '')
         if not msgtype:
             msg = (
-                f'cannot guess the type of {topic}; give it as {topic}:<type>, one of '
-                f'{", ".join(MESSAGE_TYPES)}'
+                f'cannot guess the type of {topic}; give it as {topic}:pkg/msg/Type, e.g. '
+                f'{topic}:sensor_msgs/msg/Image'
             )
             raise RecordError(msg)
-    if msgtype not in MESSAGE_TYPES:
-        msg = f'{spec}: type {msgtype!r} is not supported; use one of {", ".join(MESSAGE_TYPES)}'
+    if msgtype not in _typestore().types:
+        msg = (
+            f'{spec}: type {msgtype!r} is not supported: the bag writer (rosbags, ROS 2 Humble '
+            'definitions) does not know it; record a standard message type'
+        )
         raise RecordError(msg)
+    try:
+        message_class(msgtype)
+    except MessageTypeError as err:
+        raise RecordError(f'{spec}: {err}') from err
     return topic, msgtype
 
 
+def partial_path(out: Path) -> Path:
+    """The hidden sibling a bag is written in before it is renamed to ``out``."""
+    return out.parent / f'.{out.name}.recording'
+
+
 class BagRecorder:
-    """Subscriptions + a rosbags writer; :meth:`poll` moves what arrived into the bag."""
+    """Raw subscriptions on an rclpy node, written into a bag as they arrive.
+
+    The bag is written in :func:`partial_path` ``(out) / out.name`` and moved to ``out`` by
+    :meth:`close`; ``out`` is replaced then (the caller decided whether that is allowed).
+    """
 
     def __init__(
         self,
-        participant: Any,
+        node: Any,
         out: Path,
         topics: list[tuple[str, str]],
         *,
         storage: str = 'mcap',
         reliable: bool = True,
-        depth: int = 100,
+        depth: int = HISTORY_DEPTH,
     ) -> None:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rosbags.rosbag2 import StoragePlugin, Writer
-        from rosbags.typesys import Stores, get_typestore
 
-        from semseg_ros.transport.dds import ros_qos
-        from semseg_ros.transport.msgs import MESSAGE_TYPES
+        from semseg_ros.tool_node import message_class
 
-        self.participant = participant
-        # A recorder must not lose what it was sent: reliable, and a deep reader history so
-        # a slow disk write does not let newer samples overwrite untaken ones.
-        qos = ros_qos(reliable=reliable, depth=depth)
-        self.subscriptions = {
-            topic: participant.create_subscription(MESSAGE_TYPES[msgtype], topic, qos)
-            for topic, msgtype in topics
-        }
+        self.node = node
+        self.out = out
+        self.partial = partial_path(out)
+        if self.partial.exists():  # a killed run's leftovers: never a complete bag
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True)
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
-        self.writer = Writer(out, version=8, storage_plugin=plugin)
+        self.writer = Writer(self.partial / out.name, version=8, storage_plugin=plugin)
         self.writer.open()
-        typestore = get_typestore(Stores.ROS2_HUMBLE)
+        typestore = _typestore()
         self.connections = {
             topic: self.writer.add_connection(topic, msgtype, typestore=typestore)
             for topic, msgtype in topics
         }
-        self.counts = dict.fromkeys(self.subscriptions, 0)
-        self.announced: set[str] = set()
+        self.counts = dict.fromkeys(self.connections, 0)
+        self.lost = dict.fromkeys(self.connections, 0)
+        self.total = 0
         self.last_message: float | None = None
+        self.announced: set[str] = set()
+        # A recorder must not lose what it was sent: reliable, and a deep reader history so
+        # a slow disk write does not let newer samples overwrite untaken ones.
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=depth,
+            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        )
+        self.subscriptions = {
+            topic: node.create_subscription(
+                message_class(msgtype),
+                topic,
+                lambda raw, topic=topic: self.write_callback(topic, raw),
+                qos,
+                raw=True,  # the CDR bytes, as rosbag2 stores them: no decode, no encode
+                event_callbacks=SubscriptionEventCallbacks(
+                    message_lost=lambda info, topic=topic: self.lost_callback(topic, info)
+                ),
+            )
+            for topic, msgtype in topics
+        }
 
-    def poll(self, timeout: float) -> int:
-        """Wait up to ``timeout`` s for data; write everything waiting. Returns messages."""
-        self.participant.wait(timeout)
-        written = 0
+    def write_callback(self, topic: str, raw: bytes) -> None:
+        # rosbag2 stores the CDR bytes with the receive time as the log time.
+        self.writer.write(self.connections[topic], time.time_ns(), raw)
+        self.counts[topic] += 1
+        self.total += 1
+        self.last_message = time.monotonic()
+
+    def lost_callback(self, topic: str, info: Any) -> None:
+        self.lost[topic] = info.total_count
+
+    def announce_matches(self) -> None:
+        """Print ``TOPIC: N publisher(s) matched`` once per topic (tools wait for it)."""
         for topic, sub in self.subscriptions.items():
-            if topic not in self.announced and sub.publisher_count:
+            count = sub.get_publisher_count()
+            if topic not in self.announced and count:
                 self.announced.add(topic)
-                print(f'{topic}: {sub.publisher_count} publisher(s) matched', flush=True)
-            for msg in sub.take(64):
-                # rosbag2 stores the CDR bytes with the receive time as the log time.
-                self.writer.write(self.connections[topic], time.time_ns(), msg.serialize())
-                self.counts[topic] += 1
-                written += 1
-        if written:
-            self.last_message = time.monotonic()
-        return written
+                print(f'{topic}: {count} publisher(s) matched', flush=True)
+
+    def drain(self, executor: Any, timeout: float = DRAIN_S) -> None:
+        """Write what already arrived (callbacks ready now), for at most ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            before = self.total
+            executor.spin_once(timeout_sec=0.05)
+            if self.total == before:
+                break
 
     def close(self) -> None:
+        """Close the bag, then move it to ``out`` (replacing it) and remove the sibling."""
+        for sub in self.subscriptions.values():
+            self.node.destroy_subscription(sub)
+        self.subscriptions.clear()
         self.writer.close()
+        if self.out.is_dir():
+            shutil.rmtree(self.out)
+        elif self.out.exists():
+            self.out.unlink()
+        (self.partial / self.out.name).rename(self.out)
+        self.partial.rmdir()
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
-    from semseg_ros.transport.process import add_dds_arguments
-
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
         'topics',
@@ -156,8 +231,17 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         action='store_true',
         help='subscribe best effort (also matches best-effort publishers; may lose messages)',
     )
-    add_dds_arguments(parser)
     return parser
+
+
+def _done(recorder: BagRecorder, args: argparse.Namespace, start: float) -> bool:
+    now = time.monotonic()
+    if args.duration is not None and now - start >= args.duration:
+        return True
+    if args.count is not None and recorder.total >= args.count:
+        return True
+    last = recorder.last_message
+    return args.idle_timeout is not None and last is not None and now - last >= args.idle_timeout
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -168,51 +252,39 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         require_positive(parser, args, 'duration', 'idle_timeout', 'count')
     except SystemExit as err:
         return int(err.code or 0)
-    from semseg_ros.transport.process import StopSignal, load_dds
-
-    dds = load_dds(parser.prog)
-    if dds is None:
-        return 1
     try:
         topics = [parse_topic(spec) for spec in (args.topics or DEFAULT_TOPICS)]
     except RecordError as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2
-    if args.out.exists():
-        if not args.overwrite:
-            msg = f'{args.out} exists; pass --overwrite to replace it, or choose another --out'
-            print(f'{parser.prog}: error: {msg}', file=sys.stderr)
-            return 1
-        shutil.rmtree(args.out) if args.out.is_dir() else args.out.unlink()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        participant = dds.open_participant(loopback=args.loopback)
-    except dds.TransportError as err:
-        print(f'{parser.prog}: error: {err}', file=sys.stderr)
+    if args.out.exists() and not args.overwrite:
+        msg = f'{args.out} exists; pass --overwrite to replace it, or choose another --out'
+        print(f'{parser.prog}: error: {msg}', file=sys.stderr)
         return 1
-    with StopSignal() as stop, participant:
+    from rclpy.executors import SingleThreadedExecutor
+
+    from semseg_ros.tool_node import tool_node
+
+    with StopSignal() as stop, tool_node('semseg_record') as node:
         recorder = BagRecorder(
-            participant, args.out, topics, storage=args.storage, reliable=not args.best_effort
+            node, args.out, topics, storage=args.storage, reliable=not args.best_effort
         )
-        print(f'recording {len(topics)} topics to {args.out}', flush=True)
-        start = time.monotonic()
-        total = 0
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
         try:
-            while not stop.is_set():
-                total += recorder.poll(0.1)
-                now = time.monotonic()
-                if args.duration is not None and now - start >= args.duration:
-                    break
-                if args.count is not None and total >= args.count:
-                    break
-                last = recorder.last_message
-                if args.idle_timeout is not None and last and now - last >= args.idle_timeout:
-                    break
+            print(f'recording {len(topics)} topics to {args.out}', flush=True)
+            start = time.monotonic()
+            while not stop.is_set() and not _done(recorder, args, start):
+                executor.spin_once(timeout_sec=0.1)
+                recorder.announce_matches()
+            if args.count is None:  # --count stops at exactly that many
+                recorder.drain(executor)
         finally:
             recorder.close()
+            executor.shutdown()
     for topic, count in recorder.counts.items():
-        print(f'  {topic}: {count}')
-    print(f'recorded {total} messages to {args.out}', flush=True)
+        print(f'  {topic}: {count} received, {recorder.lost[topic]} lost')
+    print(f'recorded {recorder.total} messages to {args.out}', flush=True)
     return 0
 
 

@@ -1,8 +1,9 @@
 """``semseg replay DATASET_DIR|BAG``: publish camera frames as the CARLA ROS bridge does.
 
-A stand-in for ``carla_ros_bridge`` on a machine without CARLA, over Cyclone DDS (ROS 2 on
-the wire, see :mod:`semseg_ros.transport`). From a dataset in the Lyft-Udacity layout, each
-tick publishes, like the bridge in synchronous mode at 20 Hz sim time:
+A stand-in for ``carla_ros_bridge`` on a machine without CARLA: an rclpy node (the shipped
+Fast DDS profile unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is set; ``ROS_DOMAIN_ID`` as usual).
+From a dataset in the Lyft-Udacity layout, each tick publishes, like the bridge in
+synchronous mode at 20 Hz sim time:
 
 * ``/clock``                                               rosgraph_msgs/Clock, sim time
 * ``/carla/<role>/<camera>/image`` + ``.../camera_info``   bgra8, frame ``<role>/<camera>``
@@ -17,8 +18,13 @@ All messages of tick ``k`` (0-based, counting on through loops) carry the stamp
 RELIABLE, keep last 10, like the bridge's.
 
 From a ROS 2 bag (a rosbag2 folder, sqlite3 or mcap) it republishes every Image,
-CameraInfo and Clock message unchanged on its recorded topic, one tick per header stamp
-(what ``ros2 bag play`` does, paced by ``--rate`` instead of the recorded times).
+CameraInfo and Clock message unchanged (the recorded CDR bytes) on its recorded topic, one
+tick per header stamp (what ``ros2 bag play`` does, paced by ``--rate`` instead of the
+recorded times).
+
+SIGINT / SIGTERM stop it after the current tick; before it exits (stopped or at the end),
+it waits up to 2 s until every reliable reader acknowledged what was published, so the last
+frames are not lost with the process. Exit code 0.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from semseg_ros.cli_args import require_positive
 from semseg_ros.imaging import array_to_image_fields, from_rgb
 from semseg_ros.labels import ClassSet
-from semseg_ros.transport.process import require_positive
+from semseg_ros.stop_signal import StopSignal
+from semseg_ros.tool_node import MessageTypeError, message_class, tool_node
 
 DEFAULT_ROLE = 'ego_vehicle'
 DEFAULT_CAMERA = 'rgb_front'
@@ -44,6 +52,7 @@ DEFAULT_SEG_CAMERA = 'semantic_segmentation_front'
 SIM_HZ = 20.0  # the bridge's synchronous mode: fixed_delta_seconds 0.05
 SETTLE_S = 0.3  # discovery is done when no reader matched for this long ...
 SETTLE_MAX_S = 2.0  # ... or after this long
+FLUSH_S = 2.0  # at exit, wait this long at most for reliable readers' acknowledgements
 
 
 class ReplayError(ValueError):
@@ -73,11 +82,13 @@ def sim_stamp_ns(tick: int, sim_hz: float = SIM_HZ) -> int:
     return round((tick + 1) * 1_000_000_000 / sim_hz)
 
 
-def camera_info(msgs: Any, header: Any, width: int, height: int, fov_deg: float) -> Any:
+def camera_info(header: Any, width: int, height: int, fov_deg: float) -> Any:
     """The CameraInfo the bridge publishes: pinhole from the horizontal fov, no distortion."""
+    from sensor_msgs.msg import CameraInfo
+
     fx = width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
     cx, cy = width / 2.0, height / 2.0
-    return msgs.CameraInfo(
+    return CameraInfo(
         header=header,
         height=height,
         width=width,
@@ -162,8 +173,6 @@ def bag_ticks(path: Path) -> Iterator[list[tuple[str, str, bytes]]]:
     it precedes)."""
     from rosbags.highlevel import AnyReader, AnyReaderError
 
-    from semseg_ros.transport.msgs import MESSAGE_TYPES
-
     wanted = {'sensor_msgs/msg/Image', 'sensor_msgs/msg/CameraInfo', 'rosgraph_msgs/msg/Clock'}
     try:
         reader = AnyReader([path])
@@ -183,7 +192,7 @@ def bag_ticks(path: Path) -> Iterator[list[tuple[str, str, bytes]]]:
             if connection.msgtype == 'rosgraph_msgs/msg/Clock':
                 clocks.append(item)
                 continue
-            header = MESSAGE_TYPES[connection.msgtype].deserialize(item[2]).header
+            header = reader.deserialize(raw, connection.msgtype).header
             key = (header.stamp.sec, header.stamp.nanosec)
             if tick and key != stamp:
                 yield tick
@@ -200,67 +209,104 @@ def bag_ticks(path: Path) -> Iterator[list[tuple[str, str, bytes]]]:
 # --- Publishing ----------------------------------------------------------------------------
 
 
+def bridge_qos() -> Any:
+    """The CARLA bridge's publisher QoS: RELIABLE, keep last 10, volatile."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=10,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
 class Replayer:
-    """Publishers for the bridge's topics, and the pacing loop."""
+    """Publishers for the bridge's topics on an rclpy node, and the pacing loop."""
 
-    def __init__(self, participant: Any, *, rate: float, stop: Any) -> None:
-        from semseg_ros.transport import msgs
-
-        self.msgs = msgs
-        self.participant = participant
+    def __init__(self, node: Any, *, rate: float, stop: StopSignal) -> None:
+        self.node = node
         self.rate = rate
         self.stop = stop
+        self.qos = bridge_qos()
         self.publishers: dict[str, Any] = {}
         self.ticks = 0
         self.messages = 0
+        self.sent: dict[str, int] = {}  # messages per topic
 
     def publisher(self, topic: str, msg_type: type) -> Any:
         pub = self.publishers.get(topic)
         if pub is None:
-            pub = self.participant.create_publisher(msg_type, topic)  # RELIABLE, depth 10
+            pub = self.node.create_publisher(msg_type, topic, self.qos)
             self.publishers[topic] = pub
         return pub
 
-    def publish(self, topic: str, msg: Any) -> None:
-        self.publisher(topic, type(msg)).publish(msg)
+    def publish(self, topic: str, msg: Any, msg_type: type | None = None) -> None:
+        """Publish a message, or its serialized CDR bytes (then ``msg_type`` is needed)."""
+        self.publisher(topic, msg_type or type(msg)).publish(msg)
         self.messages += 1
+        self.sent[topic] = self.sent.get(topic, 0) + 1
 
-    def wait_for_subscribers(self, topic: str, count: int, timeout: float) -> bool:
-        """Wait until ``count`` readers matched ``topic``, then until matching settles.
+    def wait_for_subscribers(self, wanted: dict[str, int], timeout: float) -> list[str]:
+        """Wait until each topic of ``wanted`` has matched that many readers, then until
+        matching settles; returns the topics still short of readers after ``timeout`` s.
 
-        Discovery matches a remote participant's endpoints one by one: once the camera topic
-        has its readers, wait until no publisher gained a reader for ``SETTLE_S`` (at most
-        ``timeout``), so the same subscriber's other topics (camera_info, /clock) match too
-        and see the first tick.
+        Discovery matches a remote participant's endpoints one by one: once the wanted
+        readers matched, wait until no publisher gained a reader for ``SETTLE_S`` (at most
+        ``SETTLE_MAX_S``), so the same subscriber's other topics (camera_info, /clock) match
+        too and see the first tick. Under load a slow participant can take longer than that:
+        name each topic whose first message matters in ``wanted`` (``--wait-for``).
         """
-        pub = self.publishers[topic]
+        missing = sorted(set(wanted) - set(self.publishers))
+        if missing:
+            msg = (
+                f'--wait-for: this replay does not publish {", ".join(missing)}; it publishes '
+                f'{", ".join(self.publishers)}'
+            )
+            raise ReplayError(msg)
         deadline = time.monotonic() + timeout
-        while pub.subscription_count < count:
+
+        def short() -> list[str]:
+            return [
+                topic
+                for topic, count in wanted.items()
+                if self.publishers[topic].get_subscription_count() < count
+            ]
+
+        while short():
             if time.monotonic() >= deadline or self.stop.is_set():
-                return False
+                return short()
             self.stop.sleep(0.02)
         settle_end = min(time.monotonic() + SETTLE_MAX_S, deadline)
         matched = -1
         quiet_since = time.monotonic()
         while time.monotonic() < settle_end and not self.stop.is_set():
-            now_matched = sum(p.subscription_count for p in self.publishers.values())
+            now_matched = sum(p.get_subscription_count() for p in self.publishers.values())
             if now_matched != matched:
                 matched, quiet_since = now_matched, time.monotonic()
             elif time.monotonic() - quiet_since >= SETTLE_S:
                 break
             self.stop.sleep(0.02)
-        return True
+        return []
 
     def pace(self, start: float) -> bool:
         """Sleep until tick ``self.ticks`` is due; False when stopped meanwhile."""
         due = start + self.ticks / self.rate
         return not self.stop.sleep(due - time.monotonic())
 
-    def flush(self, timeout: float = 2.0) -> None:
-        """Let reliable readers acknowledge the last frames before the process exits."""
+    def flush(self, timeout: float = FLUSH_S) -> list[str]:
+        """Wait until reliable readers acknowledged everything published (at most ``timeout``
+        s in all): a reader still fetching the last frames would lose them when this process
+        exits. Returns the topics some reader had not acknowledged in time."""
+        from rclpy.duration import Duration
+
         deadline = time.monotonic() + timeout
-        for pub in self.publishers.values():
-            pub.wait_for_acks(max(deadline - time.monotonic(), 0.01))
+        late = []
+        for topic, pub in self.publishers.items():
+            left = Duration(nanoseconds=max(int((deadline - time.monotonic()) * 1e9), 0))
+            if not pub.wait_for_all_acked(left):
+                late.append(topic)
+        return late
 
 
 def publish_dataset_tick(
@@ -273,18 +319,24 @@ def publish_dataset_tick(
     fov: float,
     clock: bool,
 ) -> None:
-    msgs = replayer.msgs
-    stamp = msgs.Time.from_ns(sim_stamp_ns(tick, sim_hz))
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    sec, nanosec = divmod(sim_stamp_ns(tick, sim_hz), 1_000_000_000)
+    stamp = Time(sec=sec, nanosec=nanosec)
     if clock:
-        replayer.publish('/clock', msgs.Clock(stamp))
+        replayer.publish('/clock', Clock(clock=stamp))
     for sensor, bgra in ((cameras.camera, frame[0]), (cameras.seg_camera, frame[1])):
         if bgra is None:
             continue
-        header = msgs.Header(stamp, cameras.frame_id(sensor))
+        header = Header(stamp=stamp, frame_id=cameras.frame_id(sensor))
         height, width = bgra.shape[:2]
-        replayer.publish(cameras.info_topic(sensor), camera_info(msgs, header, width, height, fov))
+        replayer.publish(cameras.info_topic(sensor), camera_info(header, width, height, fov))
+        # data as array.array('B'): one memcpy; rclpy checks any other sequence byte by byte.
         fields = array_to_image_fields(bgra, 'bgra8')
-        image = msgs.Image(header=header, **fields.msg_kwargs(data_type='ndarray'))
+        image = Image(header=header, **fields.msg_kwargs(data_type='array'))
         replayer.publish(cameras.image_topic(sensor), image)
 
 
@@ -292,14 +344,20 @@ def publish_dataset_tick(
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
-    from semseg_ros.transport.process import add_dds_arguments
-
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument('source', type=Path, help='dataset folder, or ROS 2 bag (folder/.mcap)')
     parser.add_argument(
         '--rate', type=float, default=SIM_HZ, help='ticks per wall-clock second (default 20)'
     )
     parser.add_argument('--loop', action='store_true', help='start over at the end')
+    parser.add_argument(
+        '--preload',
+        action='store_true',
+        help=(
+            'decode every dataset frame before the first tick (no PNG decoding while '
+            'streaming, as from the simulator; ~3.8 MB of memory per 800x600 frame)'
+        ),
+    )
     parser.add_argument('--count', type=int, help='stop after this many ticks')
     parser.add_argument('--duration', type=float, help='stop after this many seconds')
     parser.add_argument('--role', default=DEFAULT_ROLE, help='vehicle role name (ego_vehicle)')
@@ -333,9 +391,16 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         help='before the first tick, wait until N readers match the camera image topic',
     )
     parser.add_argument(
+        '--wait-for',
+        type=_wait_spec,
+        action='append',
+        default=[],
+        metavar='TOPIC:N',
+        help='before the first tick, also wait until N readers match TOPIC (repeatable)',
+    )
+    parser.add_argument(
         '--wait-timeout', type=float, default=30.0, help='seconds to wait for them (30)'
     )
-    add_dds_arguments(parser)
     return parser
 
 
@@ -355,11 +420,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         _check_args(parser, args)
     except SystemExit as err:
         return int(err.code or 0)
-    from semseg_ros.transport.process import StopSignal, load_dds
-
-    dds = load_dds(parser.prog)
-    if dds is None:
-        return 1
     cameras = BridgeCameras(args.role, args.camera, args.seg_camera)
     bag = is_bag(args.source)
     try:
@@ -372,13 +432,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ReplayError as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 1
-    try:
-        participant = dds.open_participant(loopback=args.loopback)
-    except dds.TransportError as err:
-        print(f'{parser.prog}: error: {err}', file=sys.stderr)
-        return 1
-    with StopSignal() as stop, participant:
-        replayer = Replayer(participant, rate=args.rate, stop=stop)
+    with StopSignal() as stop, tool_node('semseg_replay') as node:
+        replayer = Replayer(node, rate=args.rate, stop=stop)
         try:
             if bag:
                 _replay_bag(replayer, args)
@@ -388,7 +443,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         except ReplayError as err:
             print(f'{parser.prog}: error: {err}', file=sys.stderr)
             return 1
-        replayer.flush()
+        late = replayer.flush()
+        if late:
+            print(
+                f'warning: {", ".join(late)}: a reliable reader had not acknowledged every '
+                f'message {FLUSH_S:g} s after the last tick; it may miss the last ones',
+                file=sys.stderr,
+                flush=True,
+            )
+    for topic, count in replayer.sent.items():
+        print(f'  {topic}: {count} sent')
     print(
         f'replayed {replayer.ticks} ticks ({replayer.messages} messages) from {args.source}',
         flush=True,
@@ -403,35 +467,60 @@ def _limits_reached(replayer: Replayer, args: argparse.Namespace, start: float) 
 
 
 def _wait(replayer: Replayer, topic: str, args: argparse.Namespace) -> None:
+    """``--wait-for-subscribers`` (on the camera image ``topic``) and ``--wait-for``."""
+    wanted = dict(args.wait_for)
     if args.wait_for_subscribers > 0:
-        if replayer.wait_for_subscribers(topic, args.wait_for_subscribers, args.wait_timeout):
-            print(f'{topic}: {args.wait_for_subscribers} subscriber(s) matched', flush=True)
+        wanted[topic] = max(wanted.get(topic, 0), args.wait_for_subscribers)
+    if not wanted:
+        return
+    short = replayer.wait_for_subscribers(wanted, args.wait_timeout)
+    for name, count in wanted.items():
+        if name not in short:
+            print(f'{name}: {count} subscriber(s) matched', flush=True)
         elif not replayer.stop.is_set():
             print(
-                f'warning: {topic}: fewer than {args.wait_for_subscribers} subscriber(s) after '
-                f'{args.wait_timeout} s; publishing anyway',
+                f'warning: {name}: fewer than {count} subscriber(s) after '
+                f'{args.wait_timeout:g} s; publishing anyway',
                 file=sys.stderr,
                 flush=True,
             )
 
 
+def _wait_spec(text: str) -> tuple[str, int]:
+    """argparse type of ``--wait-for TOPIC:N``."""
+    topic, _, count = text.rpartition(':')
+    try:
+        value = int(count)
+    except ValueError:
+        value = 0
+    if not topic or value < 1:
+        msg = f'expected TOPIC:N with N >= 1, e.g. /clock:1, got {text!r}'
+        raise argparse.ArgumentTypeError(msg)
+    return topic, value
+
+
 def _replay_dataset(
     replayer: Replayer, dataset: DatasetSource, cameras: BridgeCameras, args: argparse.Namespace
 ) -> None:
-    msgs = replayer.msgs
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import CameraInfo, Image
+
     # Create every publisher first, so discovery runs while we wait for subscribers.
     if not args.no_clock:
-        replayer.publisher('/clock', msgs.Clock)
+        replayer.publisher('/clock', Clock)
     sensors = [cameras.camera] + ([] if args.no_seg else [cameras.seg_camera])
     for sensor in sensors:
-        replayer.publisher(cameras.info_topic(sensor), msgs.CameraInfo)
-        replayer.publisher(cameras.image_topic(sensor), msgs.Image)
+        replayer.publisher(cameras.info_topic(sensor), CameraInfo)
+        replayer.publisher(cameras.image_topic(sensor), Image)
     seg_note = f', {cameras.image_topic(cameras.seg_camera)} ({dataset.seg_class_set.name})'
     print(
         f'replaying {len(dataset)} frames at {args.rate:g} Hz on '
         f'{cameras.image_topic(cameras.camera)}{"" if args.no_seg else seg_note}',
         flush=True,
     )
+    # The bridge gets its frames from the simulator; decoding PNGs (~30 ms a tick here) would
+    # take CPU from the node on a small machine, so --preload decodes them all first.
+    frames = [dataset.frame(i) for i in range(len(dataset))] if args.preload else None
     _wait(replayer, cameras.image_topic(cameras.camera), args)
     start = time.monotonic()
     index = 0
@@ -440,7 +529,8 @@ def _replay_dataset(
             if not args.loop:
                 break
             index = 0
-        frame = dataset.frame(index)  # read before pacing: the tick goes out on time
+        # Read before pacing: the tick goes out on time.
+        frame = frames[index] if frames is not None else dataset.frame(index)
         if not replayer.pace(start):
             break
         publish_dataset_tick(
@@ -452,7 +542,15 @@ def _replay_dataset(
 
 
 def _replay_bag(replayer: Replayer, args: argparse.Namespace) -> None:
-    from semseg_ros.transport.msgs import MESSAGE_TYPES
+    classes: dict[str, type] = {}
+
+    def message_type(topic: str, msgtype: str) -> type:
+        if msgtype not in classes:
+            try:
+                classes[msgtype] = message_class(msgtype)
+            except MessageTypeError as err:
+                raise ReplayError(f'{args.source}: {topic}: {err}') from err
+        return classes[msgtype]
 
     first = True
     start = time.monotonic()
@@ -462,7 +560,7 @@ def _replay_bag(replayer: Replayer, args: argparse.Namespace) -> None:
                 return
             if first:  # publishers of the first tick, then wait for subscribers
                 for topic, msgtype, _ in tick:
-                    replayer.publisher(topic, MESSAGE_TYPES[msgtype])
+                    replayer.publisher(topic, message_type(topic, msgtype))
                 image_topic = next(
                     (t for t, m, _ in tick if m == 'sensor_msgs/msg/Image'), tick[0][0]
                 )
@@ -472,8 +570,8 @@ def _replay_bag(replayer: Replayer, args: argparse.Namespace) -> None:
                 first = False
             if not replayer.pace(start):
                 return
-            for topic, msgtype, raw in tick:
-                replayer.publish(topic, MESSAGE_TYPES[msgtype].deserialize(raw))
+            for topic, msgtype, raw in tick:  # the recorded CDR bytes, unchanged
+                replayer.publish(topic, raw, message_type(topic, msgtype))
             replayer.ticks += 1
         if first:
             raise ReplayError(f'{args.source} has no messages to replay')

@@ -39,31 +39,22 @@ os.environ.pop('ROS_STATIC_PEERS', None)
 os.environ.setdefault('PYTHONUNBUFFERED', '1')
 
 
-def _domain_ids():
-    from semseg_ros.ros_env import DOMAIN_IDS
-
-    # Start at a place given by the process id: two test runs at once rarely share a domain.
-    start = os.getpid() % len(DOMAIN_IDS)
-    while True:
-        for k in range(len(DOMAIN_IDS)):
-            yield DOMAIN_IDS[(start + k) % len(DOMAIN_IDS)]
-
-
-_DOMAIN_IDS = _domain_ids()
-
-
 @pytest.fixture
-def ros_domain_id() -> int:
-    """A ROS_DOMAIN_ID for this test alone."""
-    return next(_DOMAIN_IDS)
+def ros_domain_id():
+    """A ROS_DOMAIN_ID for this test alone: leased, so no other test session on this machine
+    holds it at the same time (see ros_graph.lease_domain_id)."""
+    from ros_graph import lease_domain_id
+
+    with lease_domain_id() as domain_id:
+        yield domain_id
 
 
 @pytest.fixture
 def ros_env(ros_domain_id) -> dict[str, str]:
     """The environment for processes of this test's graph (domain, localhost, Fast DDS profile)."""
-    from semseg_ros.ros_env import isolated_environment
+    from ros_graph import graph_environment
 
-    return isolated_environment(ros_domain_id)
+    return graph_environment(ros_domain_id)
 
 
 @pytest.fixture
