@@ -7,9 +7,9 @@ start-up exits 0 quietly instead of printing an import traceback or dying by the
 
 The handler only records the request; it never raises, because an exception raised from a
 signal handler lands wherever the main thread happens to be (an import lock's callback, a
-``finally`` block) and can be lost there. ``run`` checks the request at each step of the
-start; once ``rclpy.init`` has run, rclpy's own handlers (which call this one too) shut the
-context down and ``spin`` returns through ``ExternalShutdownException``.
+``finally`` block) and can be lost there. rclpy's own handlers are not installed: they would
+shut the context down at once. ``run`` looks at the request before it starts rclpy and then
+between executor wake-ups, and ends the node in order (last /diagnostics, then shutdown).
 """
 
 from __future__ import annotations

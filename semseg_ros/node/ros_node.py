@@ -27,13 +27,15 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 from semseg_ros.node_core import (
@@ -53,6 +55,9 @@ from semseg_ros.node_core import (
     ProcessedFrame,
 )
 from semseg_ros.ros_env import use_fastdds_profile
+
+#: How often the executor looks whether SIGINT / SIGTERM asked the node to stop.
+STOP_POLL_S = 0.1
 
 #: ``qos_reliability`` -> policy. Humble's rclpy has no BEST_AVAILABLE: reliable matches the
 #: same publishers the bridge has, and says so when a best-effort one appears.
@@ -215,6 +220,17 @@ class SemsegNode(Node):
         ]
         self.diagnostics_publisher.publish(array)
 
+    def finish(self, ack_timeout_s: float = 0.5) -> None:
+        """Stop taking frames, let the one in flight finish, publish a last /diagnostics.
+
+        The last report holds the final counts, so a recorder or test reads every frame's
+        fate without waiting for the next timer tick.
+        """
+        if self.worker is not None:
+            self.worker.stop()
+        self.diagnostics_callback()
+        self.diagnostics_publisher.wait_for_all_acked(Duration(seconds=ack_timeout_s))
+
     def destroy_node(self) -> None:
         if self.worker is not None:
             self.worker.stop()
@@ -224,34 +240,31 @@ class SemsegNode(Node):
 def run(
     args: list[str] | None = None, *, stop_requested: Callable[[], bool] = lambda: False
 ) -> int:
-    """Run the node until SIGINT / SIGTERM (0) or a start-up failure (1).
+    """Run the node until ``stop_requested()`` (0) or a start-up failure (1).
+
+    The process owns SIGINT and SIGTERM (see :mod:`semseg_ros.node`), not rclpy: rclpy's
+    handlers would shut the context down at once, before the node could publish its last
+    /diagnostics. The executor wakes every ``STOP_POLL_S`` to look at the request.
 
     A start-up failure is one FATAL line naming the parameter or file and the fix, no
-    traceback: the cause is the user's input, not a bug. ``stop_requested`` says whether a
-    signal came before rclpy's handlers were there to see it.
+    traceback: the cause is the user's input, not a bug.
     """
     use_fastdds_profile()  # before rclpy.init creates the participant; the user's file wins
     if stop_requested():
         return 0
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node: SemsegNode | None = None
     try:
-        if stop_requested():  # came while rclpy.init installed its handlers
-            return 0
         node = SemsegNode()
-        if not stop_requested():
-            rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop_requested() and rclpy.ok():
+            executor.spin_once(timeout_sec=STOP_POLL_S)
+        node.finish()
     except (NodeStartupError, ParameterException) as err:
-        if rclpy.ok() and not stop_requested():  # else a stop broke the start: clean exit
+        if not stop_requested():  # else a stop came during the start: a clean exit
             get_logger(NODE_NAME).fatal(f'cannot start: {err}')
             return 1
-    except Exception:
-        if rclpy.ok() and not stop_requested():
-            raise
-        # A signal shut the context down while the node was being built: rclpy then fails
-        # in whatever it was doing (RCLError, InvalidHandle). That is a clean stop.
     finally:
         if node is not None:
             node.destroy_node()
