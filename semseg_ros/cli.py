@@ -26,6 +26,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def device_arg(text: str) -> str:
+    """argparse type for ``--device``: :func:`semseg_ros.devices.parse_device`."""
+    from semseg_ros.devices import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 @dataclass(frozen=True)
 class Command:
     target: str  # 'package.module:function', called as function(argv, prog) -> int

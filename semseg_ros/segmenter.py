@@ -254,6 +254,14 @@ class Segmenter:
         timings = Timings((t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n)
         return [SegmentResult(i, timings, r, self) for i, r in zip(ids, rgbs, strict=True)]
 
+    def warm_up(self, batch_size: int = 1, passes: int = 2) -> None:
+        """Untimed passes at ``batch_size``, so lazy initialisation (kernel selection,
+        allocator growth) stays out of the timings that follow."""
+        width, height = self.input_spec.input_size
+        frame = np.zeros((height, width, 3), np.uint8)
+        for _ in range(passes):
+            self.segment_batch([frame] * batch_size)
+
     # --- pictures (only computed when someone wants them) ------------------------------------
 
     def colorize(self, ids: np.ndarray) -> np.ndarray:

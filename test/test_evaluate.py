@@ -14,6 +14,7 @@ from semseg_ros import cli
 from semseg_ros.labels import CARLA23, LYFT13, ClassSet, remap
 from semseg_ros.metrics import ConfusionMatrix, lyft_binary_counts
 from semseg_ros.preprocess import Normalization
+from semseg_ros.segmenter import Segmenter
 from training import evaluate as evaluate_module
 from training import predict as predict_module
 from training.checkpoint import Checkpoint, save_checkpoint
@@ -215,10 +216,11 @@ def test_carla23_labels_are_remapped_onto_a_lyft13_model(tmp_path, setup):
     gt = [read_label(p) for p in sorted((tmp_path / 'c23' / 'dataA' / 'CameraSeg').iterdir())]
     assert any((g == 13).any() for g in gt)  # CARLA's Sky, which lyft13 calls None
     cm = ConfusionMatrix(13)
-    pred_ids = predict_module.Predictor.from_path(ckpt).segment(
+    results = Segmenter.from_model(ckpt, device='cpu').segment_batch(
         [cv2.imread(str(p))[:, :, ::-1].copy() for p in
          sorted((tmp_path / 'c23' / 'dataA' / 'CameraRGB').iterdir())]
-    ).ids  # fmt: skip
+    )  # fmt: skip
+    pred_ids = [r.ids for r in results]
     for pred, g in zip(pred_ids, gt, strict=True):
         cm.update(pred, remap(g, CARLA23, LYFT13))
     assert metrics['matrix'] == cm.matrix.tolist()

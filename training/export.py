@@ -44,7 +44,6 @@ import torch
 
 from semseg_ros import __version__
 from semseg_ros.labels import ClassSet
-from semseg_ros.metrics import ConfusionMatrix
 from semseg_ros.model_file import (
     IDS_OUTPUT_NAME,
     ModelFileError,
@@ -70,12 +69,6 @@ class ExportError(RuntimeError):
 # --- Checkpoint -> metadata ------------------------------------------------------------------
 
 
-def input_spec_of(checkpoint: Checkpoint) -> InputSpec:
-    return InputSpec.from_checkpoint_fields(
-        checkpoint.input_size, checkpoint.label_transform, checkpoint.normalization
-    )
-
-
 def provenance_of(checkpoint: Checkpoint, path: str | Path) -> dict[str, Any]:
     """Where a model came from: checkpoint, training config and data, metrics, tools."""
     config = checkpoint.train_config or {}
@@ -95,16 +88,6 @@ def provenance_of(checkpoint: Checkpoint, path: str | Path) -> dict[str, Any]:
         'semseg_ros': __version__,
         'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
     }
-
-
-def model_info_from_checkpoint(checkpoint: Checkpoint, path: str | Path) -> ModelInfo:
-    """A :class:`ModelInfo` for a checkpoint (what the torch engine runs)."""
-    return ModelInfo(
-        path=Path(path),
-        class_set=checkpoint.get_class_set(),
-        input_spec=input_spec_of(checkpoint),
-        provenance={'checkpoint': str(path)},
-    )
 
 
 # --- FP32 export + verification -------------------------------------------------------------
@@ -213,7 +196,7 @@ def export_onnx(
     checkpoint_path, out = Path(checkpoint_path), Path(out)
     checkpoint = load_checkpoint(checkpoint_path)
     model = checkpoint.build_model('cpu')
-    spec = input_spec_of(checkpoint)
+    spec = checkpoint.get_input_spec()
     width, height = spec.input_size
     example = torch.zeros(1, 3, height, width)
     dynamic = {0: 'batch', 2: 'height', 3: 'width'}
@@ -425,28 +408,6 @@ def quantize_int8(
     return out
 
 
-def model_miou(
-    model_path: str | Path,
-    samples: Sequence[Any],
-    label_class_set: ClassSet,
-    *,
-    backend: str = 'onnxruntime',
-) -> float:
-    """mIoU of a model file on ``samples`` (full frames, through the :class:`Segmenter`)."""
-    from semseg_ros.labels import remap
-    from semseg_ros.segmenter import Segmenter
-    from training.data.lyft import read_label, read_rgb
-
-    segmenter = Segmenter.from_model(model_path, backend=backend, device='cpu')
-    cm = ConfusionMatrix(segmenter.class_set.num_classes)
-    for sample in samples:
-        label = read_label(sample.label)
-        if label_class_set.name != segmenter.class_set.name:
-            label = remap(label, label_class_set, segmenter.class_set)
-        cm.update(segmenter.segment(read_rgb(sample.rgb)).ids, label)
-    return cm.miou()
-
-
 @dataclass
 class ExportReport:
     onnx: str
@@ -498,8 +459,11 @@ def export_all(
 def int8_miou_drop(
     checkpoint: Checkpoint, checkpoint_path: Path, fp32: Path, int8: Path, frames: int
 ) -> dict[str, Any]:
-    """FP32 and INT8 mIoU on ``frames`` held-out frames (val split, else test)."""
-    from training.evaluate import EvaluationError, data_source_from_checkpoint, load_split
+    """FP32 and INT8 mIoU on ``frames`` held-out frames (val split, else test), each scored
+    through the :class:`~semseg_ros.segmenter.Segmenter` on onnxruntime (CPU), labels as
+    stored."""
+    from semseg_ros.segmenter import Segmenter
+    from training.evaluate import EvaluationError, data_source_from_checkpoint, load_split, score
 
     source = data_source_from_checkpoint(checkpoint, checkpoint_path)
     if source is None:
@@ -514,8 +478,11 @@ def int8_miou_drop(
         return {'miou_note': 'no val/test split: mIoU not measured'}
     picks = np.linspace(0, len(data.samples) - 1, min(frames, len(data.samples))).round()
     samples = [data.samples[int(i)] for i in picks]
-    miou_fp32 = model_miou(fp32, samples, data.class_set)
-    miou_int8 = model_miou(int8, samples, data.class_set)
+    miou_fp32, miou_int8 = (
+        score(Segmenter.from_model(path, backend='onnxruntime', device='cpu'), samples,
+              data.class_set).cm.miou()
+        for path in (fp32, int8)
+    )  # fmt: skip
     return {
         'eval_split': split,
         'eval_frames': len(samples),
