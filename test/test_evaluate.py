@@ -13,7 +13,7 @@ import torch
 from semseg_ros import cli
 from semseg_ros.labels import CARLA23, LYFT13, ClassSet, remap
 from semseg_ros.metrics import ConfusionMatrix, lyft_binary_counts
-from semseg_ros.preprocess import Normalization
+from semseg_ros.pipeline import Normalization
 from semseg_ros.segmenter import Segmenter
 from training import evaluate as evaluate_module
 from training import predict as predict_module

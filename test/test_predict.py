@@ -12,8 +12,7 @@ import torch
 from semseg_ros import cli
 from semseg_ros.devices import torch_device
 from semseg_ros.labels import CARLA23, LYFT13
-from semseg_ros.pipeline import InputSpec
-from semseg_ros.preprocess import Normalization
+from semseg_ros.pipeline import InputSpec, Normalization
 from semseg_ros.segmenter import Segmenter
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.data.lyft import read_rgb

@@ -2,7 +2,7 @@
 
 A checkpoint carries everything needed to rebuild and use its model without the run that
 made it: the model config, the class set, the input size and normalization (the one
-preprocessing path, :mod:`semseg_ros.preprocess`), the label preprocessing, the training
+preprocessing path, :mod:`semseg_ros.pipeline`), the label preprocessing, the training
 config, and, for ``--resume``, the optimizer/scheduler/scaler/RNG state and the position in
 the run.  Only plain containers, numbers, strings and tensors are stored, so
 ``torch.load(weights_only=True)`` (no pickled code) can read it.
@@ -20,8 +20,7 @@ import torch
 
 from semseg_ros.labels import ClassSet, ClassSetError, class_set_from_dict
 from semseg_ros.model_file import ModelInfo
-from semseg_ros.pipeline import InputSpec
-from semseg_ros.preprocess import Normalization
+from semseg_ros.pipeline import InputSpec, Normalization
 from training.model import UNet, UNetConfig, build_model
 
 #: Bumped when the stored layout changes incompatibly.

@@ -618,7 +618,7 @@ BENCH_CHECKPOINT = Path('runs/train/cpu_default/best.pt')
 def _random_bench_checkpoint(path: Path) -> Path:
     """The default CPU config's architecture (training/configs/cpu.yaml) with random weights."""
     from semseg_ros.labels import LYFT13
-    from semseg_ros.preprocess import Normalization
+    from semseg_ros.pipeline import Normalization
     from training.checkpoint import save_checkpoint
     from training.config import load_config
     from training.model import build_model

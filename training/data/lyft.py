@@ -10,7 +10,8 @@ collector all write it)::
 
 An RGB image and its label pair by file name. The label is the **red channel** of the
 CameraSeg PNG (a single-channel PNG holds the ids directly). Labels are only ever resized
-with nearest-neighbour (:func:`resize_label`), since any other filter invents class ids.
+with nearest-neighbour (:func:`semseg_ros.pipeline.resize_label`), since any other
+filter invents class ids.
 
 This module is torch-free (numpy + OpenCV) so the data tools run without the trainer.
 """
@@ -28,7 +29,6 @@ import cv2
 import numpy as np
 
 from semseg_ros.labels import LYFT13, ClassSet, ClassSetError, class_set_from_dict, get_class_set
-from semseg_ros.preprocess import resize_label  # noqa: F401 (re-exported: the one label resize)
 
 IMAGE_DIR = 'CameraRGB'
 LABEL_DIR = 'CameraSeg'
