@@ -58,7 +58,8 @@ def torch_device(text: str, *, local_rank: int | None = None) -> Any:
             else f'torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU'
         )
         msg = (
-            f'device {text!r} requested but torch.cuda.is_available() is False ({why}); '
+            f'device {text!r} requested but no CUDA GPU is available: '
+            f'torch.cuda.is_available() is False ({why}); '
             'use --device cpu (or auto)'
         )
         raise ValueError(msg)

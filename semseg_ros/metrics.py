@@ -20,10 +20,11 @@ from typing import Literal
 
 import numpy as np
 
+from semseg_ros.dataset_layout import HOOD_ROW
 from semseg_ros.labels import UNKNOWN_ID, ClassSet, ClassSetError, get_class_set
 
-#: First row of the ego car's hood in the 800x600 Lyft / CARLA front camera (DESIGN.md 4).
-LYFT_HOOD_ROW = 496
+#: First row of the ego car's hood in a 600-row frame (:mod:`semseg_ros.dataset_layout`).
+LYFT_HOOD_ROW = HOOD_ROW
 
 # Vehicle classes per naming scheme: lyft13 / carla23 have one class, Cityscapes splits it.
 _VEHICLE_NAMES = ('Vehicles', 'Car', 'Truck', 'Bus', 'Train', 'Motorcycle', 'Bicycle')

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from semseg_ros import cli
+from semseg_ros.dataset_layout import hood_row_at
 from semseg_ros.labels import CARLA23, LYFT13, ClassSet, remap
 from semseg_ros.metrics import ConfusionMatrix, lyft_binary_counts
 from semseg_ros.pipeline import Normalization
@@ -20,7 +21,7 @@ from training import predict as predict_module
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.data.lyft import LabelTransform, Sample, read_label
 from training.data.splits import write_manifest
-from training.evaluate import evaluate, format_table, lyft_hood_row
+from training.evaluate import evaluate, format_table
 from training.model import UNetConfig, build_model
 
 H, W = 48, 64
@@ -137,7 +138,7 @@ def test_metrics_equal_a_confusion_matrix_of_the_masks_predict_wrote(setup, eval
         assert (mask[:8] == 0).all() and (mask[H - 4 :] == 0).all()
         cm.update(mask, relabel.apply(gt, LYFT13))
         raw_cm.update(mask, gt)
-        c = lyft_binary_counts(mask, gt, LYFT13, hood_row=lyft_hood_row(H))
+        c = lyft_binary_counts(mask, gt, LYFT13, hood_row=hood_row_at(H))
         counts = c if counts is None else counts + c
 
     assert metrics['num_images'] == 4

@@ -36,11 +36,11 @@ import torch
 from tqdm import tqdm
 
 from semseg_ros.cli import device_arg, positive_int
+from semseg_ros.dataset_layout import hood_row_at
 from semseg_ros.devices import DEVICE_HELP
 from semseg_ros.engines import EngineError
 from semseg_ros.labels import UNKNOWN_ID, ClassSet, ClassSetError, get_class_set, remap
 from semseg_ros.metrics import (
-    LYFT_HOOD_ROW,
     ConfusionMatrix,
     LyftCounts,
     lyft_binary_counts,
@@ -67,8 +67,6 @@ from training.data.splits import (
     resolve_method,
 )
 
-#: Height of the camera that :data:`LYFT_HOOD_ROW` refers to (800x600 Lyft / CARLA frames).
-LYFT_FRAME_HEIGHT = 600
 MANIFEST_NAME = 'manifest.json'
 
 
@@ -218,11 +216,6 @@ def _read_ground_truth(sample: Sample, shape: tuple[int, int], class_set: ClassS
     return label
 
 
-def lyft_hood_row(frame_height: int) -> int:
-    """The hood's first row for a frame ``frame_height`` rows high (496 at 600 rows)."""
-    return round(LYFT_HOOD_ROW * frame_height / LYFT_FRAME_HEIGHT)
-
-
 # --- Evaluation ------------------------------------------------------------------------------
 
 
@@ -320,7 +313,7 @@ def score(
             target = gt if relabel.is_identity else relabel.apply(gt, model_set)
             scores.cm.update(result.ids, target)
             if scores.lyft is not None:
-                hood = lyft_hood_row(frame.shape[0])
+                hood = hood_row_at(frame.shape[0])
                 scores.lyft += lyft_binary_counts(result.ids, gt, model_set, hood_row=hood)
         bar.update(len(batch))
     bar.close()

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from semseg_ros.cli import device_arg, positive_int
+from semseg_ros.dataset_layout import IMAGE_DIR, LABEL_DIR
 from semseg_ros.devices import DEVICE_HELP
 from semseg_ros.engines import EngineError
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set, remap
@@ -30,7 +31,7 @@ from semseg_ros.model_file import ModelFileError
 from semseg_ros.segmenter import Segmenter
 from semseg_ros.visualize import caption, contact_sheet, label_panel, legend, overlay, write_rgb
 from training.checkpoint import CheckpointError
-from training.data.lyft import IMAGE_DIR, LABEL_DIR, DatasetError, read_label, read_rgb
+from training.data.lyft import DatasetError, read_label, read_rgb
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 #: What each image produces in ``--out``: ``NAME`` + suffix.

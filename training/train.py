@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from semseg_ros.devices import torch_device
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from semseg_ros.metrics import ConfusionMatrix
 from training.checkpoint import (
@@ -197,22 +198,13 @@ def barrier(info: DistInfo) -> None:
 # --- Setup ------------------------------------------------------------------------------
 
 
-def resolve_device(requested: str, info: DistInfo = DistInfo()) -> torch.device:
-    """``auto``: CUDA when available, else CPU. ``cuda`` without a GPU: :class:`TrainError`."""
-    if requested == 'auto':
-        requested = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if requested == 'cuda':
-        if not torch.cuda.is_available():
-            msg = (
-                f'train.device is cuda but no CUDA GPU is available (torch {torch.__version__}, '
-                f'CUDA build: {torch.version.cuda or "none"}); use --device cpu (or auto), or '
-                'install a CUDA build of torch on a machine with a GPU'
-            )
-            raise TrainError(msg)
-        return torch.device('cuda', info.local_rank if info.enabled else 0)
-    if requested == 'cpu':
-        return torch.device('cpu')
-    raise TrainError(f"train.device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+def train_device(requested: str, info: DistInfo = DistInfo()) -> torch.device:
+    """``train.device`` here (:func:`semseg_ros.devices.torch_device`); under torchrun a plain
+    ``cuda`` is the worker's local-rank GPU. A missing GPU: :class:`TrainError`."""
+    try:
+        return torch_device(requested, local_rank=info.local_rank if info.enabled else None)
+    except ValueError as err:
+        raise TrainError(f'train.device: {err}') from err
 
 
 def generate_synthetic(config: Config, *, progress: bool = True) -> None:
@@ -552,9 +544,9 @@ def _train(
 ) -> dict[str, Any]:
     config.validate()
     t, o = config.train, config.optim
-    device_kind = resolve_device(t.device).type  # fail on a missing GPU before anything else
+    device_kind = train_device(t.device).type  # fail on a missing GPU before anything else
     info = init_distributed(device_kind)
-    device = resolve_device(t.device, info)
+    device = train_device(t.device, info)
     out = Path(out) if out is not None else Path('runs/train') / config.name
     resume_path = _resolve_resume(resume, out)
     if resume_path is None and (out / 'last.pt').is_file():
@@ -942,7 +934,7 @@ def measure_loader_throughput(config: Config, batches: int = 20) -> dict[str, fl
     """
     config.validate()
     t = config.train
-    device = resolve_device(t.device)
+    device = train_device(t.device)
     _configure_torch(config, device)
     seed_everything(t.seed)
     with tempfile.TemporaryDirectory(prefix='semseg_measure_') as tmp:

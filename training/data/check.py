@@ -24,11 +24,9 @@ import cv2
 import numpy as np
 
 from semseg_ros.cli import positive_int
+from semseg_ros.dataset_layout import DATASET_INFO, IMAGE_DIR, LABEL_DIR
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from training.data.lyft import (
-    DATASET_INFO,
-    IMAGE_DIR,
-    LABEL_DIR,
     DatasetError,
     dataset_class_set,
     read_dataset_info,
