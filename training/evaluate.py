@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from semseg_ros.cli import device_arg, positive_int
+from semseg_ros.cli import device_arg, parse_args, positive_int
 from semseg_ros.dataset_layout import hood_row_at
 from semseg_ros.devices import DEVICE_HELP
 from semseg_ros.engines import EngineError
@@ -616,10 +616,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``semseg evaluate``: 0 on success, 2 on bad input (message on stderr, no traceback)."""
     parser = _parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     target = args.checkpoint if args.checkpoint is not None else args.model
     if args.model is not None and args.model.suffix not in MODEL_SUFFIXES:
         parser.print_usage(sys.stderr)

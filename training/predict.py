@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from semseg_ros.cli import device_arg, positive_int
+from semseg_ros.cli import device_arg, parse_args, positive_int
 from semseg_ros.dataset_layout import IMAGE_DIR, LABEL_DIR
 from semseg_ros.devices import DEVICE_HELP
 from semseg_ros.engines import EngineError
@@ -292,10 +292,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``semseg predict``: 0 all written, 1 some images failed, 2 bad input (nothing run)."""
     parser = _parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     try:
         jobs = collect_images(args.inputs, args.out)
         if args.limit is not None:

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from semseg_ros.cli import parse_args
 from semseg_ros.devices import torch_device
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from semseg_ros.metrics import ConfusionMatrix
@@ -1151,10 +1152,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``semseg train``: returns the exit code (0 ok, 1 failed run, 2 bad input)."""
     parser = _parser(prog)
     summary: dict[str, Any] | None = None
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides += [f'data.data_dir={json.dumps(args.data_dir)}', 'data.manifest=null']

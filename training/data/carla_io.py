@@ -76,7 +76,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def class_set_for_version(version: str) -> str:
-    """The semantic tags a CARLA server of ``version`` writes (DESIGN.md section 4).
+    """The semantic tags a CARLA server of ``version`` writes (docs/architecture.md, Class sets).
 
     lyft13 before 0.9.10, carla23 for 0.9.10 - 0.9.13, cityscapes29 from 0.9.14 on.
     """
