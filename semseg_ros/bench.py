@@ -338,6 +338,85 @@ def _target(value: float, ok: bool, text: str) -> str:
     return f'target {text}: {"PASS" if ok else "MISSED"}'
 
 
+#: The trained CPU model `make bench` measures when it exists.
+BENCH_CHECKPOINT = Path('runs/train/cpu_default/best.pt')
+
+
+def _random_bench_checkpoint(path: Path) -> Path:
+    """The default CPU config's architecture (training/configs/cpu.yaml) with random weights."""
+    import torch
+
+    from semseg_ros.labels import LYFT13
+    from semseg_ros.pipeline import Normalization
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.config import load_config
+    from training.model import build_model
+
+    cpu = load_config('cpu')
+    config = cpu.model.unet_config(LYFT13.num_classes)
+    torch.manual_seed(0)
+    checkpoint = Checkpoint(
+        model_config=config.to_dict(),
+        class_set=LYFT13.to_dict(),
+        normalization=Normalization().to_dict(),
+        input_size=list(cpu.data.input_size),
+        model_state=build_model(config).state_dict(),
+        train_config={'name': 'bench_random_weights'},
+    )
+    return save_checkpoint(checkpoint, path)
+
+
+def bench_models(
+    out_dir: str | Path, *, checkpoint: str | Path | None = None, eval_frames: int = 16
+) -> dict[str, object]:
+    """FP32 + INT8 ONNX of the trained CPU model (or random weights), with the mIoU drop.
+
+    Re-exported only when the checkpoint or this exporter changed. Returns paths and the
+    INT8 report.
+    """
+    import hashlib
+
+    from semseg_ros.model_file import file_sha256
+    from training import export
+    from training.checkpoint import load_checkpoint
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = Path(checkpoint) if checkpoint is not None else BENCH_CHECKPOINT
+    trained = source.is_file()
+    if not trained:  # (re)written each time: the default architecture may have changed
+        source = _random_bench_checkpoint(out_dir / 'random_weights.pt')
+    exporter = Path(export.__file__).read_bytes()
+    digest = hashlib.sha256(file_sha256(source).encode() + exporter).hexdigest()[:12]
+    fp32 = out_dir / f'bench-{digest}.onnx'
+    int8 = export.variant_path(fp32, 'int8')
+    report_path = out_dir / f'bench-{digest}.json'
+    if fp32.is_file() and int8.is_file() and report_path.is_file():
+        return json.loads(report_path.read_text())
+    export.export_onnx(source, fp32)
+    ckpt = load_checkpoint(source)
+    result: dict[str, object] = {
+        'checkpoint': str(source),
+        'trained': trained,
+        'fp32': str(fp32),
+        'int8': str(int8),
+    }
+    if trained:
+        frames, _ = export.calibration_frames(ckpt, source, 32)
+        export.quantize_int8(fp32, frames, int8)
+        result.update(export.int8_miou_drop(ckpt, source, fp32, int8, eval_frames))
+    else:
+        from training.data.synthetic import render_frame
+
+        export.quantize_int8(fp32, [render_frame(7, i)[0] for i in range(8)], int8)
+        result['miou_note'] = (
+            f'no trained checkpoint at {BENCH_CHECKPOINT} (random weights): mIoU drop not '
+            'measured; train it with `semseg train --config cpu`'
+        )
+    report_path.write_text(json.dumps(result, indent=1) + '\n')
+    return result
+
+
 def bench_inference(*, quick: bool = False) -> list[Row]:
     """Per backend and resolution: latency p50/p90/p99, FPS, pre/infer/post, peak memory.
 
@@ -355,7 +434,6 @@ def bench_inference(*, quick: bool = False) -> list[Row]:
 
     from semseg_ros.engines.tensorrt_engine import tensorrt_available
     from semseg_ros.model_file import read_model_info
-    from training.export import bench_models
 
     threads = os.cpu_count() or 1
     models = bench_models(Path('runs/bench/models'), eval_frames=4 if quick else 16)

@@ -26,6 +26,32 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace | int:
+    """``parser.parse_args(argv)``, or the exit code argparse chose (0 after ``--help``, 2 on
+    a usage error): every subcommand's ``main`` returns that code instead of exiting::
+
+        args = parse_args(parser, argv)
+        if isinstance(args, int):
+            return args
+    """
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as err:
+        return int(err.code or 0)
+
+
+def device_arg(text: str) -> str:
+    """argparse type for ``--device``: :func:`semseg_ros.devices.parse_device`."""
+    from semseg_ros.devices import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 @dataclass(frozen=True)
 class Command:
     target: str  # 'package.module:function', called as function(argv, prog) -> int

@@ -1,6 +1,6 @@
 """Class sets: the one table of class ids, names and palette colours for the whole project.
 
-Three CARLA generations are built in (see DESIGN.md section 4):
+Three CARLA generations are built in (docs/architecture.md, Class sets):
 
 * ``lyft13``        CARLA 0.8 - 0.9.9, the Lyft-Udacity challenge dataset (13 classes)
 * ``carla23``       CARLA 0.9.10 - 0.9.13, the version the released ROS bridge pins (23 classes)
@@ -155,7 +155,7 @@ def _build(name: str, table: list[tuple[str, tuple[int, int, int]]], maps_to=Non
     )
 
 
-# --- The built-in sets, exactly as DESIGN.md section 4 lists them. -------------------------
+# --- The built-in sets: the tables of docs/architecture.md, Class sets. ---------------------
 
 _LYFT13 = [
     ('None', (0, 0, 0)),

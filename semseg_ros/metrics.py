@@ -1,8 +1,9 @@
 """Segmentation metrics: the project's one confusion matrix, IoU and the Lyft challenge score.
 
 numpy only: the ROS node imports this for online IoU against the simulator's ground truth,
-and the runtime half must not import torch (DESIGN.md section 1). The trainer and evaluator
-use the same code, so a number in a model card and a number on ``/diagnostics`` mean the same.
+and the runtime half must not import torch (docs/architecture.md, Two halves). The trainer
+and evaluator use the same code, so a number in a model card and a number on
+``/diagnostics`` mean the same.
 
 Conventions (the same as torchmetrics and scikit-learn):
 
@@ -20,10 +21,11 @@ from typing import Literal
 
 import numpy as np
 
+from semseg_ros.dataset_layout import HOOD_ROW
 from semseg_ros.labels import UNKNOWN_ID, ClassSet, ClassSetError, get_class_set
 
-#: First row of the ego car's hood in the 800x600 Lyft / CARLA front camera (DESIGN.md 4).
-LYFT_HOOD_ROW = 496
+#: First row of the ego car's hood in a 600-row frame (:mod:`semseg_ros.dataset_layout`).
+LYFT_HOOD_ROW = HOOD_ROW
 
 # Vehicle classes per naming scheme: lyft13 / carla23 have one class, Cityscapes splits it.
 _VEHICLE_NAMES = ('Vehicles', 'Car', 'Truck', 'Bus', 'Train', 'Motorcycle', 'Bicycle')
@@ -411,7 +413,7 @@ def lyft_score(
     fps: float | None = None,
     hood_row: int | None = LYFT_HOOD_ROW,
 ) -> dict[str, float | None]:
-    """The Lyft-Udacity challenge score (DESIGN.md section 4).
+    """The Lyft-Udacity challenge score (docs/architecture.md, The dataset).
 
     ``F_road`` is F-beta with beta=0.5 for Roads + RoadLines, ``F_vehicle`` F-beta with
     beta=2 for vehicles without the ego hood; ``score = 100 * mean(F_road, F_vehicle)

@@ -1,11 +1,12 @@
 """The model file contract: semseg_ros metadata inside an ONNX file, and engine cache names.
 
-An exported model is self-describing (DESIGN.md section 3): its ONNX ``metadata_props``
-carry the class set (name, class names, palette), the input spec (input size, row crop,
-normalization), the output kind and where the model came from. :func:`read_model_info`
-reads them back with a ~60-line protobuf wire reader instead of the ``onnx`` package, so the
-runtime half needs only onnxruntime (and never loads a whole inference session to learn
-what a file is). Writing happens at export time (:mod:`training.export`, with ``onnx``).
+An exported model is self-describing (docs/architecture.md, The model file): its ONNX
+``metadata_props`` carry the class set (name, class names, palette), the input spec (input
+size, row crop, normalization), the output kind and where the model came from.
+:func:`read_model_info` reads them back with a ~60-line protobuf wire reader instead of
+the ``onnx`` package, so the runtime half needs only onnxruntime (and never loads a whole
+inference session to learn what a file is). Writing happens at export time
+(:mod:`training.export`, with ``onnx``).
 
 TensorRT engines are built from the ONNX on the machine that runs them and cached next to
 it under a name that holds everything that makes an engine unportable::

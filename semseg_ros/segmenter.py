@@ -1,13 +1,17 @@
-"""The per-frame path, owned by one object: the node, the bag tool and the evaluator call it.
+"""The per-frame path, owned by one object: the node, the bag tool, predict, evaluate,
+export's INT8 check and the benchmarks all call it.
 
 ::
 
-    frame (H, W, 3|4) uint8 ── decode (to RGB) ── prepare: crop rows, resize, normalize ──▶
+    frame (H, W, 3) uint8 RGB ── prepare: crop rows, resize, normalize ──▶
     engine (any backend) ── argmax (uint8) ── restore_ids: nearest resize back ──▶ ids (H, W)
-                                     colorize (palette LUT) / overlay: only when asked for
 
-The geometry is :mod:`semseg_ros.pipeline`'s (shared with training's evaluate / predict);
-this module adds the reusable buffers, the timings and lazy outputs. numpy + OpenCV only.
+A caller that already holds an RGB frame (the node decodes each message once with
+:func:`semseg_ros.imaging.frame_to_rgb`) passes it as is; ``encoding=`` converts a raw
+camera array (bgra8, bgr8, rgba8, mono8) first. The geometry is :mod:`semseg_ros.pipeline`'s;
+this module adds the reusable buffers and the timings. Pictures of the ids (colour mask,
+overlay) are :mod:`semseg_ros.visualize`'s and ``ClassSet.id_to_color``'s, never a result's.
+numpy + OpenCV only.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +31,13 @@ from semseg_ros.imaging import to_rgb
 from semseg_ros.labels import ClassSet
 from semseg_ros.model_file import ModelInfo
 from semseg_ros.pipeline import InputSpec, prepare, restore_ids
-from semseg_ros.visualize import overlay as blend
 
 
 @dataclass(frozen=True)
 class Timings:
     """Seconds spent per stage of one frame (a batch's stages are split evenly)."""
 
-    pre: float = 0.0  # decode + crop + resize + normalize
+    pre: float = 0.0  # (decode of a non-RGB frame +) crop + resize + normalize
     infer: float = 0.0  # the engine
     post: float = 0.0  # argmax + resize back
 
@@ -43,37 +46,20 @@ class Timings:
         return self.pre + self.infer + self.post
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentResult:
-    """One frame's class ids and timings; colour mask and overlay computed on first use."""
+    """One frame's class ids and where the time went. Shape: ids (H, W) uint8, full frame."""
 
-    ids: np.ndarray  # (H, W) uint8, full frame
+    ids: np.ndarray
     timings: Timings
-    rgb: np.ndarray | None = field(default=None, repr=False)  # the decoded frame, for overlay
-    _segmenter: Segmenter | None = field(default=None, repr=False)
-    _color: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def color(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB palette image (computed once, on first access)."""
-        if self._color is None:
-            assert self._segmenter is not None
-            self._color = self._segmenter.colorize(self.ids)
-        return self._color
-
-    def overlay(self, alpha: float = 0.5) -> np.ndarray:
-        """(H, W, 3) uint8 RGB: the frame with the colour mask blended in at ``alpha``."""
-        if self.rgb is None:
-            raise ValueError('this result kept no frame; call Segmenter.overlay(rgb, ids)')
-        return blend(self.rgb, self.color, alpha)
 
 
 class LatencyStats:
     """Rolling latency percentiles and rate over the last ``window`` samples (seconds).
 
-    The one latency statistic of the project (benchmarks, the bag tool, ``/diagnostics``).
-    Thread-safe: the node's worker adds while its diagnostics timer reads. ``add`` is O(1);
-    the read-outs copy and sort the window.
+    The node's latency and processing-time statistic (``/diagnostics``, in
+    :mod:`semseg_ros.node_core`). Thread-safe: the node's worker adds while its diagnostics
+    timer reads. ``add`` is O(1); the read-outs copy and sort the window.
     """
 
     def __init__(self, window: int = 1000) -> None:
@@ -196,7 +182,8 @@ class Segmenter:
 
     # --- the per-frame path ----------------------------------------------------------------
 
-    def _decode(self, frame: np.ndarray, encoding: str) -> np.ndarray:
+    def _to_rgb(self, frame: np.ndarray, encoding: str) -> np.ndarray:
+        """The frame as (H, W, 3) uint8 RGB: an rgb8 frame as is (checked, not converted)."""
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.dtype != np.uint8:
             if encoding == 'mono8' and frame.ndim == 2:
@@ -214,20 +201,24 @@ class Segmenter:
                 "encoding='bgra8' for the CARLA bridge)"
             )
             raise ValueError(msg)
-        return to_rgb(frame, encoding)
+        return frame if encoding == 'rgb8' else to_rgb(frame, encoding)
 
     def segment(self, frame: np.ndarray, *, encoding: str = 'rgb8') -> SegmentResult:
-        """One frame -> :class:`SegmentResult`. Shape: (H, W, 3|4) uint8 -> ids (H, W) uint8."""
+        """One frame -> :class:`SegmentResult`. Shape: (H, W, 3|4) uint8 -> ids (H, W) uint8.
+
+        An RGB frame (the default ``encoding='rgb8'``) is used as given, without a copy or a
+        conversion; other encodings are converted to RGB here.
+        """
         with self._lock:
             t0 = time.perf_counter()
-            rgb = self._decode(frame, encoding)
+            rgb = self._to_rgb(frame, encoding)
             prepare(rgb, self.input_spec, out=self._batch[0])
             t1 = time.perf_counter()
             small = self.engine.infer_ids(self._batch)[0]  # (h, w) uint8
             t2 = time.perf_counter()
             ids = restore_ids(small, self.input_spec, rgb.shape, self.fill_id)  # (H, W)
             t3 = time.perf_counter()
-        return SegmentResult(ids, Timings(t1 - t0, t2 - t1, t3 - t2), rgb, self)
+        return SegmentResult(ids, Timings(t1 - t0, t2 - t1, t3 - t2))
 
     def segment_batch(
         self, frames: Sequence[np.ndarray], *, encoding: str = 'rgb8'
@@ -237,7 +228,7 @@ class Segmenter:
             return []
         width, height = self.input_spec.input_size
         t0 = time.perf_counter()
-        rgbs = [self._decode(f, encoding) for f in frames]
+        rgbs = [self._to_rgb(f, encoding) for f in frames]
         batch = np.empty((len(rgbs), 3, height, width), np.float32)  # (N, 3, h, w)
         for i, rgb in enumerate(rgbs):
             prepare(rgb, self.input_spec, out=batch[i])
@@ -252,17 +243,15 @@ class Segmenter:
         t3 = time.perf_counter()
         n = len(rgbs)
         timings = Timings((t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n)
-        return [SegmentResult(i, timings, r, self) for i, r in zip(ids, rgbs, strict=True)]
+        return [SegmentResult(i, timings) for i in ids]
 
-    # --- pictures (only computed when someone wants them) ------------------------------------
-
-    def colorize(self, ids: np.ndarray) -> np.ndarray:
-        """Palette LUT. Shape: (H, W) uint8 -> (H, W, 3) uint8 RGB."""
-        return self.class_set.id_to_color(ids)
-
-    def overlay(self, rgb: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-        """(H, W, 3) uint8 RGB frame + ids -> the colour mask blended in at ``alpha``."""
-        return blend(rgb, self.colorize(ids), alpha)
+    def warm_up(self, batch_size: int = 1, passes: int = 2) -> None:
+        """Untimed passes at ``batch_size``, so lazy initialisation (kernel selection,
+        allocator growth) stays out of the timings that follow."""
+        width, height = self.input_spec.input_size
+        frame = np.zeros((height, width, 3), np.uint8)
+        for _ in range(passes):
+            self.segment_batch([frame] * batch_size)
 
     def close(self) -> None:
         self.engine.close()

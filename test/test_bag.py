@@ -15,7 +15,6 @@ from rosbags.typesys import Stores, get_typestore
 from semseg_ros import bag
 from semseg_ros.labels import LYFT13
 from semseg_ros.node_core import FrameProcessor, Outputs
-from semseg_ros.visualize import overlay
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 T = TYPESTORE.types
@@ -39,12 +38,6 @@ class BandSegmenter:
         if self.fail_at is not None and self.calls >= self.fail_at:
             raise self.error or RuntimeError('boom')
         return SimpleNamespace(ids=band_ids(rgb))
-
-    def colorize(self, ids: np.ndarray) -> np.ndarray:
-        return LYFT13.id_to_color(ids)
-
-    def overlay(self, rgb: np.ndarray, ids: np.ndarray, alpha: float) -> np.ndarray:
-        return overlay(rgb, self.colorize(ids), alpha)
 
 
 def band_ids(rgb: np.ndarray) -> np.ndarray:
@@ -258,7 +251,7 @@ def test_cli_with_an_exported_model(tmp_path: Path, tiny_model: Path, capsys) ->
 def export_tiny_model(folder: Path) -> Path:
     """A tiny UNet (lyft13, 64x48 input) exported by training.export, as a user would."""
     torch = pytest.importorskip('torch')
-    from semseg_ros.preprocess import Normalization
+    from semseg_ros.pipeline import Normalization
     from training.checkpoint import Checkpoint, save_checkpoint
     from training.export import export_onnx
     from training.model import UNetConfig, build_model

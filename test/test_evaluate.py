@@ -11,15 +11,17 @@ import pytest
 import torch
 
 from semseg_ros import cli
+from semseg_ros.dataset_layout import hood_row_at
 from semseg_ros.labels import CARLA23, LYFT13, ClassSet, remap
 from semseg_ros.metrics import ConfusionMatrix, lyft_binary_counts
-from semseg_ros.preprocess import Normalization
+from semseg_ros.pipeline import Normalization
+from semseg_ros.segmenter import Segmenter
 from training import evaluate as evaluate_module
 from training import predict as predict_module
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.data.lyft import LabelTransform, Sample, read_label
 from training.data.splits import write_manifest
-from training.evaluate import evaluate, format_table, lyft_hood_row
+from training.evaluate import evaluate, format_table
 from training.model import UNetConfig, build_model
 
 H, W = 48, 64
@@ -136,7 +138,7 @@ def test_metrics_equal_a_confusion_matrix_of_the_masks_predict_wrote(setup, eval
         assert (mask[:8] == 0).all() and (mask[H - 4 :] == 0).all()
         cm.update(mask, relabel.apply(gt, LYFT13))
         raw_cm.update(mask, gt)
-        c = lyft_binary_counts(mask, gt, LYFT13, hood_row=lyft_hood_row(H))
+        c = lyft_binary_counts(mask, gt, LYFT13, hood_row=hood_row_at(H))
         counts = c if counts is None else counts + c
 
     assert metrics['num_images'] == 4
@@ -215,10 +217,11 @@ def test_carla23_labels_are_remapped_onto_a_lyft13_model(tmp_path, setup):
     gt = [read_label(p) for p in sorted((tmp_path / 'c23' / 'dataA' / 'CameraSeg').iterdir())]
     assert any((g == 13).any() for g in gt)  # CARLA's Sky, which lyft13 calls None
     cm = ConfusionMatrix(13)
-    pred_ids = predict_module.Predictor.from_path(ckpt).segment(
+    results = Segmenter.from_model(ckpt, device='cpu').segment_batch(
         [cv2.imread(str(p))[:, :, ::-1].copy() for p in
          sorted((tmp_path / 'c23' / 'dataA' / 'CameraRGB').iterdir())]
-    ).ids  # fmt: skip
+    )  # fmt: skip
+    pred_ids = [r.ids for r in results]
     for pred, g in zip(pred_ids, gt, strict=True):
         cm.update(pred, remap(g, CARLA23, LYFT13))
     assert metrics['matrix'] == cm.matrix.tolist()

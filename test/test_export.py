@@ -12,7 +12,7 @@ import torch
 
 from semseg_ros.labels import LYFT13
 from semseg_ros.model_file import FORMAT_KEY, read_model_info
-from semseg_ros.preprocess import Normalization
+from semseg_ros.pipeline import Normalization
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.export import (
     DEFAULT_OPSET,

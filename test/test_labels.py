@@ -1,4 +1,4 @@
-"""Class sets: the table matches DESIGN.md, conversions are exact and round-trip."""
+"""Class sets: the built-in tables are CARLA's, conversions are exact and round-trip."""
 
 from __future__ import annotations
 

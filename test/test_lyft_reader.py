@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from semseg_ros.labels import CARLA23, LYFT13, get_class_set
+from semseg_ros.pipeline import resize_label
 from training.data.lyft import (
     DatasetError,
     LabelTransform,
@@ -20,7 +21,6 @@ from training.data.lyft import (
     read_dataset_info,
     read_label,
     read_rgb,
-    resize_label,
     scan_dataset,
 )
 

@@ -22,8 +22,7 @@ from semseg_ros.model_file import (
     sidecar_path,
     write_engine_sidecar,
 )
-from semseg_ros.pipeline import InputSpec
-from semseg_ros.preprocess import Normalization
+from semseg_ros.pipeline import InputSpec, Normalization
 
 SPEC = InputSpec((40, 24), crop_top=6, crop_bottom=2, normalization=Normalization(
     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), channel_order='BGR'))  # fmt: skip

@@ -10,20 +10,14 @@ import pytest
 import torch
 
 from semseg_ros import cli
+from semseg_ros.devices import torch_device
 from semseg_ros.labels import CARLA23, LYFT13
-from semseg_ros.pipeline import InputSpec
-from semseg_ros.preprocess import Normalization
+from semseg_ros.pipeline import InputSpec, Normalization
+from semseg_ros.segmenter import Segmenter
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.data.lyft import read_rgb
 from training.model import UNetConfig, build_model
-from training.predict import (
-    OUTPUT_SUFFIXES,
-    PredictError,
-    Predictor,
-    collect_images,
-    main,
-    resolve_device,
-)
+from training.predict import OUTPUT_SUFFIXES, collect_images, main
 
 H, W = 48, 64
 
@@ -76,7 +70,7 @@ def test_outputs_per_image_shapes_dtypes_and_content(tmp_path, ckpt):
     assert mask.max() < LYFT13.num_classes
     assert (mask[:6] == 0).all() and (mask[H - 2 :] == 0).all()  # cropped rows: background
     # The same ids as running the pipeline directly.
-    expected = Predictor.from_path(ckpt, 'cpu').segment([rgb]).ids[0]
+    expected = Segmenter.from_model(ckpt, backend='torch', device='cpu').segment(rgb).ids
     np.testing.assert_array_equal(mask, expected)
     color = read_rgb(color_p)
     np.testing.assert_array_equal(color, LYFT13.id_to_color(mask))
@@ -151,12 +145,15 @@ def test_limit_and_batch_size(tmp_path, ckpt):
         assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape == (H + i, W - i)
 
 
-def test_predictor_matches_spec_of_the_checkpoint(ckpt):
-    predictor = Predictor.from_path(ckpt)
-    assert predictor.spec == InputSpec((24, 20), 6, 2, Normalization())
-    result = predictor.segment([np.zeros((H, W, 3), np.uint8), np.zeros((30, 50, 3), np.uint8)])
-    assert [ids.shape for ids in result.ids] == [(H, W), (30, 50)]
-    assert result.model_s > 0
+def test_segmenter_matches_spec_of_the_checkpoint(ckpt):
+    segmenter = Segmenter.from_model(ckpt)  # a checkpoint: the torch engine
+    assert segmenter.backend_name.startswith('torch')
+    assert segmenter.input_spec == InputSpec((24, 20), 6, 2, Normalization())
+    results = segmenter.segment_batch(
+        [np.zeros((H, W, 3), np.uint8), np.zeros((30, 50, 3), np.uint8)]
+    )
+    assert [r.ids.shape for r in results] == [(H, W), (30, 50)]
+    assert sum(r.timings.infer for r in results) > 0
 
 
 # --- Bad input -------------------------------------------------------------------------------
@@ -208,9 +205,9 @@ def test_cuda_without_cuda(tmp_path, ckpt, capsys, monkeypatch):
     argv = ['--checkpoint', str(ckpt), str(tmp_path / 'a.png'), '--out', 'o', '--device', 'cuda']
     assert main(argv) == 2
     assert '--device cpu' in capsys.readouterr().err
-    with pytest.raises(PredictError, match='unknown device'):
-        resolve_device('tpu7')
-    assert resolve_device('auto').type == 'cpu'
+    with pytest.raises(ValueError, match='unknown device'):
+        torch_device('tpu7')
+    assert torch_device('auto').type == 'cpu'
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 import torch
 from test_export import CROP, INPUT_SIZE, export_tiny
 
+from semseg_ros import segmenter as segmenter_module
 from semseg_ros.labels import LYFT13
 from semseg_ros.pipeline import prepare, restore_ids
 from semseg_ros.segmenter import LatencyStats, Segmenter
+from semseg_ros.visualize import overlay
 from training.checkpoint import load_checkpoint
 
 FRAME = (60, 100)  # (H, W) camera frames of the tests
@@ -80,15 +83,27 @@ def test_wrong_channel_count_says_which_encoding(segmenter, frames):
         segmenter.segment(frames[0].astype(np.float32))
 
 
-def test_colour_and_overlay_are_lazy_and_correct(segmenter, frames):
+def test_result_holds_ids_and_timings_and_pictures_come_from_one_colourer(segmenter, frames):
     result = segmenter.segment(frames[0])
-    assert result._color is None  # nothing computed until asked
-    np.testing.assert_array_equal(result.color, LYFT13.id_to_color(result.ids))
-    assert result.color is result.color  # computed once
-    blended = result.overlay(0.5)
+    # No colour computed, no frame kept, no pointer back to the segmenter.
+    assert [f.name for f in dataclasses.fields(result)] == ['ids', 'timings']
+    color = segmenter.class_set.id_to_color(result.ids)  # the palette LUT
+    np.testing.assert_array_equal(color, LYFT13.id_to_color(result.ids))
+    blended = overlay(frames[0], color, 0.5)
     assert blended.shape == (*FRAME, 3) and blended.dtype == np.uint8
-    np.testing.assert_array_equal(result.overlay(0.0), frames[0])
-    np.testing.assert_array_equal(segmenter.overlay(frames[0], result.ids, 1.0), result.color)
+    np.testing.assert_array_equal(overlay(frames[0], color, 0.0), frames[0])
+    np.testing.assert_array_equal(overlay(frames[0], color, 1.0), color)
+
+
+def test_rgb_frames_are_not_decoded_again(segmenter, frames, monkeypatch):
+    expected = segmenter.segment(frames[0]).ids
+
+    def no_second_decode(*_args, **_kwargs):
+        raise AssertionError('an RGB frame was converted again')
+
+    monkeypatch.setattr(segmenter_module, 'to_rgb', no_second_decode)
+    np.testing.assert_array_equal(segmenter.segment(frames[0]).ids, expected)
+    np.testing.assert_array_equal(segmenter.segment_batch(frames[:1])[0].ids, expected)
 
 
 def test_batch_equals_single_frames(segmenter, frames):

@@ -5,7 +5,7 @@ in source pixels, then one resize to the output size), horizontal flip, colour j
 (hue, brightness, contrast, saturation), Gaussian blur, Gaussian noise. Geometric steps move
 image and label together; photometric ones touch only the image.
 
-The label is only ever resized by :func:`training.data.lyft.resize_label` (nearest
+The label is only ever resized by :func:`semseg_ros.pipeline.resize_label` (nearest
 neighbour) and padded by reflection, so it never holds an id the input label did not.
 
 Randomness comes from one ``numpy.random.Generator`` per sample, seeded by
@@ -18,9 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from semseg_ros.preprocess import resize_image
+from semseg_ros.pipeline import resize_image, resize_label
 from training.config import AugmentConfig
-from training.data.lyft import resize_label
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

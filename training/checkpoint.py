@@ -2,7 +2,7 @@
 
 A checkpoint carries everything needed to rebuild and use its model without the run that
 made it: the model config, the class set, the input size and normalization (the one
-preprocessing path, :mod:`semseg_ros.preprocess`), the label preprocessing, the training
+preprocessing path, :mod:`semseg_ros.pipeline`), the label preprocessing, the training
 config, and, for ``--resume``, the optimizer/scheduler/scaler/RNG state and the position in
 the run.  Only plain containers, numbers, strings and tensors are stored, so
 ``torch.load(weights_only=True)`` (no pickled code) can read it.
@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from semseg_ros.labels import ClassSet, class_set_from_dict
-from semseg_ros.preprocess import Normalization
+from semseg_ros.labels import ClassSet, ClassSetError, class_set_from_dict
+from semseg_ros.model_file import ModelInfo
+from semseg_ros.pipeline import InputSpec, Normalization
 from training.model import UNet, UNetConfig, build_model
 
 #: Bumped when the stored layout changes incompatibly.
@@ -63,10 +64,46 @@ class Checkpoint:
     def get_normalization(self) -> Normalization:
         return Normalization.from_dict(self.normalization)
 
+    def get_input_spec(self) -> InputSpec:
+        """What the model is fed: input size, cropped rows, normalization."""
+        return InputSpec.from_checkpoint_fields(
+            self.input_size, self.label_transform, self.normalization
+        )
+
+    def model_info(self, path: str | Path) -> ModelInfo:
+        """The runtime's view of this checkpoint (what the torch engine runs), checked.
+
+        Raises :class:`CheckpointError` when the class set, input size or normalization is
+        invalid, or the model's outputs do not match the class set.
+        """
+        where = f'checkpoint {path}'
+        try:
+            class_set = self.get_class_set()
+            spec = self.get_input_spec()
+            num_outputs = self.get_model_config().num_classes
+        except (ClassSetError, ValueError, KeyError, TypeError) as err:
+            msg = f'{where} has an invalid class set, input size or normalization: {err}'
+            raise CheckpointError(msg) from err
+        if num_outputs != class_set.num_classes:
+            msg = (
+                f'{where}: the model has {num_outputs} outputs but its class set '
+                f'{class_set.name!r} has {class_set.num_classes} classes'
+            )
+            raise CheckpointError(msg)
+        return ModelInfo(
+            path=Path(path),
+            class_set=class_set,
+            input_spec=spec,
+            provenance={'checkpoint': str(path)},
+        )
+
     def build_model(self, device: str | torch.device = 'cpu') -> UNet:
         """The model with the checkpoint's weights, in eval mode, on ``device``."""
         model = build_model(self.get_model_config())
-        model.load_state_dict(self.model_state)
+        try:
+            model.load_state_dict(self.model_state)
+        except RuntimeError as err:  # state dict does not fit the recorded model config
+            raise CheckpointError(f'its weights do not fit its model config ({err})') from err
         return model.to(device).eval()
 
 

@@ -8,7 +8,7 @@ A config file (``training/configs/*.yaml``) has one mapping per section::
     loss:          focal | ce | dice | focal+dice | ce+dice, gamma, alpha from frequencies
     optim:         AdamW, warmup + poly|cosine schedule, gradient clipping
     train:         epochs, batch size, device, AMP, seed, checkpoint / log / validation cadence
-    normalization: mean, std, channel order (semseg_ros.preprocess.Normalization)
+    normalization: mean, std, channel order (semseg_ros.pipeline.Normalization)
 
 Every key is checked against the dataclass that holds it: an unknown key or a value of the
 wrong type is a :class:`ConfigError` naming the key, the file and the valid choices. Values
@@ -28,7 +28,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from semseg_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalization
+from semseg_ros.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from training.data.lyft import LabelTransform
 from training.losses import LOSS_NAMES
 from training.model import PRESETS, UNetConfig, preset

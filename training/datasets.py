@@ -2,7 +2,7 @@
 
 Per sample: :func:`~training.data.lyft.load_pair` (decode, validate ids against the class
 set, label transform incl. crop) -> resize to ``input_size`` (image
-:func:`~semseg_ros.preprocess.resize_image`, label :func:`~training.data.lyft.resize_label`)
+:func:`~semseg_ros.pipeline.resize_image`, label :func:`~semseg_ros.pipeline.resize_label`)
 -> :func:`~training.augment.augment_pair` (training only) -> ``Normalization.apply`` ->
 tensors. The decoded, resized uint8 pairs can be cached in RAM (``cache=True``): an 800x600
 PNG pair is decoded once per run instead of once per epoch. The cache is filled in the main
@@ -21,10 +21,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from semseg_ros.labels import ClassSet
-from semseg_ros.preprocess import Normalization, resize_image
+from semseg_ros.pipeline import Normalization, resize_image, resize_label
 from training.augment import augment_pair, sample_rng
 from training.config import AugmentConfig
-from training.data.lyft import DatasetError, LabelTransform, Sample, load_pair, resize_label
+from training.data.lyft import DatasetError, LabelTransform, Sample, load_pair
 from training.data.splits import Manifest
 
 

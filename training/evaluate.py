@@ -26,8 +26,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from semseg_ros.cli import positive_int
+from semseg_ros.cli import device_arg, parse_args, positive_int
+from semseg_ros.dataset_layout import hood_row_at
+from semseg_ros.devices import DEVICE_HELP
+from semseg_ros.engines import EngineError
 from semseg_ros.labels import UNKNOWN_ID, ClassSet, ClassSetError, get_class_set, remap
 from semseg_ros.metrics import (
-    LYFT_HOOD_ROW,
     ConfusionMatrix,
     LyftCounts,
     lyft_binary_counts,
     lyft_class_ids,
     lyft_score,
 )
+from semseg_ros.model_file import ModelFileError
+from semseg_ros.segmenter import Segmenter
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from training.data.lyft import (
     DatasetError,
@@ -62,15 +66,7 @@ from training.data.splits import (
     make_split,
     resolve_method,
 )
-from training.predict import (
-    BatchResult,
-    PredictError,
-    Predictor,
-    resolve_device,
-)
 
-#: Height of the camera that :data:`LYFT_HOOD_ROW` refers to (800x600 Lyft / CARLA frames).
-LYFT_FRAME_HEIGHT = 600
 MANIFEST_NAME = 'manifest.json'
 
 
@@ -220,11 +216,6 @@ def _read_ground_truth(sample: Sample, shape: tuple[int, int], class_set: ClassS
     return label
 
 
-def lyft_hood_row(frame_height: int) -> int:
-    """The hood's first row for a frame ``frame_height`` rows high (496 at 600 rows)."""
-    return round(LYFT_HOOD_ROW * frame_height / LYFT_FRAME_HEIGHT)
-
-
 # --- Evaluation ------------------------------------------------------------------------------
 
 
@@ -249,35 +240,97 @@ def _rate(count: int, seconds: float) -> float | None:
 MODEL_SUFFIXES = ('.onnx', '.engine')
 
 
-class SegmenterRunner:
-    """An exported model (ONNX FP32 / FP16 / INT8, TensorRT engine) behind the Predictor's
-    interface, through the :class:`~semseg_ros.segmenter.Segmenter` the node uses."""
+def load_segmenter(
+    target: str | Path | Checkpoint, backend: str, device: str
+) -> tuple[Segmenter, Checkpoint | None, str]:
+    """The :class:`Segmenter` that runs ``target``, the checkpoint behind it, and its name.
 
-    def __init__(self, path: Path, backend: str, device: str) -> None:
-        from semseg_ros.engines import EngineError
-        from semseg_ros.model_file import ModelFileError
-        from semseg_ros.segmenter import Segmenter
+    A checkpoint (a file or in memory) runs on the torch engine; an exported model
+    (``.onnx``, ``.engine``) on ``backend``, with the checkpoint its provenance names when
+    that file is here (else ``None``).
+    """
+    from semseg_ros.engines.torch_engine import TorchEngine
 
-        # The Segmenter's engines take 'cpu', 'cuda' or 'auto' (no device index).
-        device = 'cuda' if device.startswith('cuda') else device
-        try:
-            self.segmenter = Segmenter.from_model(path, backend=backend, device=device)
-        except (EngineError, ModelFileError, ValueError) as err:
-            raise EvaluationError(str(err)) from err
-        self.class_set = self.segmenter.class_set
-        self.spec = self.segmenter.input_spec
-        self.device = self.segmenter.backend_name
+    if isinstance(target, Checkpoint) or Path(target).suffix not in MODEL_SUFFIXES:
+        if isinstance(target, Checkpoint):
+            checkpoint, source = target, '<in memory>'
+        else:
+            checkpoint, source = load_checkpoint(target), str(target)
+        engine = TorchEngine(checkpoint.build_model('cpu'), checkpoint.model_info(source),
+                             device=device)  # fmt: skip
+        return Segmenter(engine), checkpoint, source
+    try:
+        segmenter = Segmenter.from_model(target, backend=backend, device=device)
+    except (EngineError, ModelFileError, ValueError) as err:
+        raise EvaluationError(str(err)) from err
+    recorded = segmenter.model_info.provenance.get('checkpoint')
+    if recorded and Path(recorded).is_file():
+        return segmenter, load_checkpoint(recorded), str(recorded)
+    return segmenter, None, str(target)
 
-    def warm_up(self, batch_size: int = 1, passes: int = 2) -> None:
-        width, height = self.spec.input_size
-        frame = np.zeros((height, width, 3), np.uint8)
-        for _ in range(passes):
-            self.segmenter.segment_batch([frame] * batch_size)
 
-    def segment(self, frames: list[np.ndarray]) -> BatchResult:
-        results = self.segmenter.segment_batch(frames)
-        n, t = len(results), results[0].timings  # per-frame averages of the batch
-        return BatchResult([r.ids for r in results], t.pre * n, t.infer * n, t.post * n)
+def score(
+    segmenter: Segmenter,
+    samples: Sequence[Sample],
+    label_set: ClassSet,
+    *,
+    relabel: LabelTransform | None = None,
+    batch_size: int = 1,
+    progress: bool | None = False,
+) -> Scores:
+    """Run ``samples`` through ``segmenter`` and score them at full frame resolution.
+
+    Labels of ``label_set`` are mapped onto the model's set (unknown ids not counted),
+    then ``relabel``-ed for the confusion matrix; the Lyft counts use the mapped labels.
+    """
+    model_set = segmenter.class_set
+    same_set = label_set.names == model_set.names
+    relabel = relabel or LabelTransform()
+    try:
+        lyft_class_ids(model_set)
+        has_lyft = True
+    except ClassSetError:
+        has_lyft = False  # a custom set without Roads / vehicles: no Lyft score
+    scores = Scores(ConfusionMatrix(model_set.num_classes), LyftCounts() if has_lyft else None)
+    segmenter.warm_up(min(batch_size, max(1, len(samples))))
+    bar = tqdm(total=len(samples), unit='img', disable=None if progress is None else not progress)
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        t0 = time.perf_counter()
+        frames = [read_rgb(s.rgb) for s in batch]
+        results = segmenter.segment_batch(frames)
+        e2e = time.perf_counter() - t0
+        model_s = sum(r.timings.infer for r in results)
+        scores.e2e_times.append(e2e)
+        scores.model_times.append(model_s)
+        scores.e2e_per_image.append(e2e / len(batch))
+        scores.model_per_image.append(model_s / len(batch))
+        for sample, frame, result in zip(batch, frames, results, strict=True):
+            scores.sizes.add((frame.shape[1], frame.shape[0]))
+            gt = _read_ground_truth(sample, frame.shape[:2], label_set)
+            if not same_set:
+                gt = remap(gt, label_set, model_set)  # unknown -> 255, not counted
+            target = gt if relabel.is_identity else relabel.apply(gt, model_set)
+            scores.cm.update(result.ids, target)
+            if scores.lyft is not None:
+                hood = hood_row_at(frame.shape[0])
+                scores.lyft += lyft_binary_counts(result.ids, gt, model_set, hood_row=hood)
+        bar.update(len(batch))
+    bar.close()
+    return scores
+
+
+@dataclass
+class Scores:
+    """What :func:`score` measured: the confusion matrix, Lyft counts and times (seconds)."""
+
+    cm: ConfusionMatrix
+    lyft: LyftCounts | None  # None: the class set has no Roads / vehicles
+    e2e_times: list[float] = field(default_factory=list)  # per batch
+    model_times: list[float] = field(default_factory=list)
+    e2e_per_image: list[float] = field(default_factory=list)
+    model_per_image: list[float] = field(default_factory=list)
+    sizes: set[tuple[int, int]] = field(default_factory=set)  # (width, height) seen
 
 
 def evaluate(
@@ -312,29 +365,9 @@ def evaluate(
         raise EvaluationError(f'batch size must be at least 1, got {batch_size}')
     if limit is not None and limit < 1:
         raise EvaluationError(f'limit must be at least 1, got {limit}')
-    exported = not isinstance(checkpoint_path, Checkpoint) and (
-        Path(checkpoint_path).suffix in MODEL_SUFFIXES
-    )
-    runner: Predictor | SegmenterRunner
-    if exported:
-        model_path = Path(checkpoint_path)
-        runner = SegmenterRunner(model_path, backend, device)
-        source_checkpoint = runner.segmenter.model_info.provenance.get('checkpoint')
-        ckpt_file = Path(source_checkpoint) if source_checkpoint else None
-        if ckpt_file is not None and ckpt_file.is_file():
-            checkpoint, source = load_checkpoint(ckpt_file), str(ckpt_file)
-        else:
-            checkpoint, source = None, str(model_path)
-        device_name = runner.device
-    else:
-        if isinstance(checkpoint_path, Checkpoint):
-            checkpoint, source = checkpoint_path, '<in memory>'
-        else:
-            checkpoint, source = load_checkpoint(checkpoint_path), str(checkpoint_path)
-        torch_device = resolve_device(device)
-        runner = Predictor(checkpoint, torch_device, source=source)
-        device_name = str(torch_device)
-    model_set = runner.class_set
+    segmenter, checkpoint, source = load_segmenter(checkpoint_path, backend, device)
+    exported = segmenter.model_info.path.suffix in MODEL_SUFFIXES
+    model_set = segmenter.class_set
 
     if manifest is not None or data_dir is not None:
         where = DataSource(
@@ -376,74 +409,43 @@ def evaluate(
             hood_row=trained.get('hood_row'),
         )
     )
-    try:
-        lyft_class_ids(model_set)
-        has_lyft = True
-    except ClassSetError:
-        has_lyft = False  # a custom set without Roads / vehicles: no Lyft score
-
     samples = data.samples[:limit] if limit is not None else data.samples
-    cm = ConfusionMatrix(model_set.num_classes)
-    lyft_counts = LyftCounts()
-    e2e_times, model_times, e2e_per_image, model_per_image = [], [], [], []
-    sizes: set[tuple[int, int]] = set()
-    runner.warm_up(min(batch_size, max(1, len(samples))))
-    bar = tqdm(total=len(samples), unit='img', disable=None if progress is None else not progress)
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        t0 = time.perf_counter()
-        frames = [read_rgb(s.rgb) for s in batch]
-        result = runner.segment(frames)
-        e2e = time.perf_counter() - t0
-        e2e_times.append(e2e)
-        model_times.append(result.model_s)
-        e2e_per_image.append(e2e / len(batch))
-        model_per_image.append(result.model_s / len(batch))
-        for sample, frame, pred in zip(batch, frames, result.ids, strict=True):
-            sizes.add((frame.shape[1], frame.shape[0]))
-            gt = _read_ground_truth(sample, frame.shape[:2], gt_set)
-            if not same_set:
-                gt = remap(gt, gt_set, model_set)  # unknown -> 255, not counted
-            target = gt if relabel.is_identity else relabel.apply(gt, model_set)
-            cm.update(pred, target)
-            if has_lyft:
-                hood = lyft_hood_row(frame.shape[0])
-                lyft_counts += lyft_binary_counts(pred, gt, model_set, hood_row=hood)
-        bar.update(len(batch))
-    bar.close()
-
+    scores = score(
+        segmenter, samples, gt_set, relabel=relabel, batch_size=batch_size, progress=progress
+    )
+    cm = scores.cm
     n = len(samples)
-    e2e_fps = _rate(n, sum(e2e_times))
+    e2e_fps = _rate(n, sum(scores.e2e_times))
     timing = {
-        'device': device_name,
+        'device': segmenter.backend_name,
         'batch_size': batch_size,
         'torch_threads': torch.get_num_threads(),
-        'model_images_per_s': _rate(n, sum(model_times)),
-        'model_ms_per_image_median': 1000.0 * float(np.median(model_per_image)),
+        'model_images_per_s': _rate(n, sum(scores.model_times)),
+        'model_ms_per_image_median': 1000.0 * float(np.median(scores.model_per_image)),
         'end_to_end_images_per_s': e2e_fps,
-        'end_to_end_ms_per_image_median': 1000.0 * float(np.median(e2e_per_image)),
+        'end_to_end_ms_per_image_median': 1000.0 * float(np.median(scores.e2e_per_image)),
         'measures': (
-            'model: host->device copy, forward, logits back (an exported model: its engine, '
-            'argmax included); end to end: image decode, prepare, model, argmax, resize '
-            'back to the frame (labels and metrics excluded)'
+            'model: the engine (host->device copy, forward, argmax, ids back); end to end: '
+            'image decode, prepare, model, resize back to the frame (labels and metrics '
+            'excluded)'
         ),
     }
     summary = cm.to_dict(model_set)
     return {
         'split': split,
         'num_images': n,
-        'image_sizes': sorted([list(s) for s in sizes]),
+        'image_sizes': sorted([list(s) for s in scores.sizes]),
         **{k: summary[k] for k in ('miou', 'pixel_accuracy', 'iou', 'precision', 'recall')},
         'pixels': summary['pixels'],
-        'lyft': lyft_score(lyft_counts, fps=e2e_fps) if has_lyft else None,
+        'lyft': lyft_score(scores.lyft, fps=e2e_fps) if scores.lyft is not None else None,
         'timing': timing,
         # An exported model: the checkpoint it came from, when that file is here (else None).
         'checkpoint': _provenance(checkpoint, source) if checkpoint is not None else None,
-        **({'model': runner.segmenter.model_info.summary()} if exported else {}),
+        **({'model': segmenter.model_info.summary()} if exported else {}),
         'class_set': model_set.name,
         'class_names': list(model_set.names),
         'class_colors': model_set.colors.tolist(),
-        'input': runner.spec.to_dict(),
+        'input': segmenter.input_spec.to_dict(),
         'dataset': {
             **data.info,
             'class_set': gt_set.name,
@@ -593,7 +595,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         help='output folder (default: CHECKPOINT_DIR/eval_SPLIT, or MODEL_DIR/eval_SPLIT_STEM)',
     )
     parser.add_argument('--batch-size', type=positive_int, default=1, help='default 1')
-    parser.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default)')
+    parser.add_argument(
+        '--device', type=device_arg, default='auto', help=f'{DEVICE_HELP} (default: auto)'
+    )
     parser.add_argument('--limit', type=positive_int, help='only the first N images of the split')
     parser.add_argument(
         '--gt-class-set',
@@ -612,10 +616,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``semseg evaluate``: 0 on success, 2 on bad input (message on stderr, no traceback)."""
     parser = _parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     target = args.checkpoint if args.checkpoint is not None else args.model
     if args.model is not None and args.model.suffix not in MODEL_SUFFIXES:
         parser.print_usage(sys.stderr)
@@ -636,7 +639,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             raw_labels=args.raw_labels,
             progress=None,
         )
-    except (CheckpointError, DatasetError, EvaluationError, PredictError, ClassSetError) as err:
+    except (CheckpointError, DatasetError, EvaluationError, EngineError, ClassSetError) as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2
     default_out = target.parent / (

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from semseg_ros import __version__
+from semseg_ros.cli import parse_args
 from semseg_ros.labels import ClassSet
-from semseg_ros.metrics import ConfusionMatrix
 from semseg_ros.model_file import (
     IDS_OUTPUT_NAME,
     ModelFileError,
@@ -70,12 +70,6 @@ class ExportError(RuntimeError):
 # --- Checkpoint -> metadata ------------------------------------------------------------------
 
 
-def input_spec_of(checkpoint: Checkpoint) -> InputSpec:
-    return InputSpec.from_checkpoint_fields(
-        checkpoint.input_size, checkpoint.label_transform, checkpoint.normalization
-    )
-
-
 def provenance_of(checkpoint: Checkpoint, path: str | Path) -> dict[str, Any]:
     """Where a model came from: checkpoint, training config and data, metrics, tools."""
     config = checkpoint.train_config or {}
@@ -95,16 +89,6 @@ def provenance_of(checkpoint: Checkpoint, path: str | Path) -> dict[str, Any]:
         'semseg_ros': __version__,
         'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
     }
-
-
-def model_info_from_checkpoint(checkpoint: Checkpoint, path: str | Path) -> ModelInfo:
-    """A :class:`ModelInfo` for a checkpoint (what the torch engine runs)."""
-    return ModelInfo(
-        path=Path(path),
-        class_set=checkpoint.get_class_set(),
-        input_spec=input_spec_of(checkpoint),
-        provenance={'checkpoint': str(path)},
-    )
 
 
 # --- FP32 export + verification -------------------------------------------------------------
@@ -213,7 +197,7 @@ def export_onnx(
     checkpoint_path, out = Path(checkpoint_path), Path(out)
     checkpoint = load_checkpoint(checkpoint_path)
     model = checkpoint.build_model('cpu')
-    spec = input_spec_of(checkpoint)
+    spec = checkpoint.get_input_spec()
     width, height = spec.input_size
     example = torch.zeros(1, 3, height, width)
     dynamic = {0: 'batch', 2: 'height', 3: 'width'}
@@ -425,28 +409,6 @@ def quantize_int8(
     return out
 
 
-def model_miou(
-    model_path: str | Path,
-    samples: Sequence[Any],
-    label_class_set: ClassSet,
-    *,
-    backend: str = 'onnxruntime',
-) -> float:
-    """mIoU of a model file on ``samples`` (full frames, through the :class:`Segmenter`)."""
-    from semseg_ros.labels import remap
-    from semseg_ros.segmenter import Segmenter
-    from training.data.lyft import read_label, read_rgb
-
-    segmenter = Segmenter.from_model(model_path, backend=backend, device='cpu')
-    cm = ConfusionMatrix(segmenter.class_set.num_classes)
-    for sample in samples:
-        label = read_label(sample.label)
-        if label_class_set.name != segmenter.class_set.name:
-            label = remap(label, label_class_set, segmenter.class_set)
-        cm.update(segmenter.segment(read_rgb(sample.rgb)).ids, label)
-    return cm.miou()
-
-
 @dataclass
 class ExportReport:
     onnx: str
@@ -498,8 +460,11 @@ def export_all(
 def int8_miou_drop(
     checkpoint: Checkpoint, checkpoint_path: Path, fp32: Path, int8: Path, frames: int
 ) -> dict[str, Any]:
-    """FP32 and INT8 mIoU on ``frames`` held-out frames (val split, else test)."""
-    from training.evaluate import EvaluationError, data_source_from_checkpoint, load_split
+    """FP32 and INT8 mIoU on ``frames`` held-out frames (val split, else test), each scored
+    through the :class:`~semseg_ros.segmenter.Segmenter` on onnxruntime (CPU), labels as
+    stored."""
+    from semseg_ros.segmenter import Segmenter
+    from training.evaluate import EvaluationError, data_source_from_checkpoint, load_split, score
 
     source = data_source_from_checkpoint(checkpoint, checkpoint_path)
     if source is None:
@@ -514,8 +479,11 @@ def int8_miou_drop(
         return {'miou_note': 'no val/test split: mIoU not measured'}
     picks = np.linspace(0, len(data.samples) - 1, min(frames, len(data.samples))).round()
     samples = [data.samples[int(i)] for i in picks]
-    miou_fp32 = model_miou(fp32, samples, data.class_set)
-    miou_int8 = model_miou(int8, samples, data.class_set)
+    miou_fp32, miou_int8 = (
+        score(Segmenter.from_model(path, backend='onnxruntime', device='cpu'), samples,
+              data.class_set).cm.miou()
+        for path in (fp32, int8)
+    )  # fmt: skip
     return {
         'eval_split': split,
         'eval_frames': len(samples),
@@ -563,10 +531,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``semseg export``; returns the exit code."""
     parser = _parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     if args.checkpoint is None and args.onnx is None:
         print(
             f'{parser.prog}: error: pass --checkpoint (or --onnx with --tensorrt)', file=sys.stderr
@@ -640,78 +607,3 @@ def _print_report(report: ExportReport) -> None:
 
 if __name__ == '__main__':
     raise SystemExit(main())
-
-
-# --- Models for `make bench` -----------------------------------------------------------------
-
-#: The trained CPU model `make bench` measures when it exists.
-BENCH_CHECKPOINT = Path('runs/train/cpu_default/best.pt')
-
-
-def _random_bench_checkpoint(path: Path) -> Path:
-    """The default CPU config's architecture (training/configs/cpu.yaml) with random weights."""
-    from semseg_ros.labels import LYFT13
-    from semseg_ros.preprocess import Normalization
-    from training.checkpoint import save_checkpoint
-    from training.config import load_config
-    from training.model import build_model
-
-    cpu = load_config('cpu')
-    config = cpu.model.unet_config(LYFT13.num_classes)
-    torch.manual_seed(0)
-    checkpoint = Checkpoint(
-        model_config=config.to_dict(),
-        class_set=LYFT13.to_dict(),
-        normalization=Normalization().to_dict(),
-        input_size=list(cpu.data.input_size),
-        model_state=build_model(config).state_dict(),
-        train_config={'name': 'bench_random_weights'},
-    )
-    return save_checkpoint(checkpoint, path)
-
-
-def bench_models(
-    out_dir: str | Path, *, checkpoint: str | Path | None = None, eval_frames: int = 16
-) -> dict[str, Any]:
-    """FP32 + INT8 ONNX of the trained CPU model (or random weights), with the mIoU drop.
-
-    Re-exported only when the checkpoint or this exporter changed. Returns paths and the
-    INT8 report.
-    """
-    import hashlib
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    source = Path(checkpoint) if checkpoint is not None else BENCH_CHECKPOINT
-    trained = source.is_file()
-    if not trained:  # (re)written each time: the default architecture may have changed
-        source = _random_bench_checkpoint(out_dir / 'random_weights.pt')
-    exporter = Path(__file__).read_bytes()
-    digest = hashlib.sha256(file_sha256(source).encode() + exporter).hexdigest()[:12]
-    fp32 = out_dir / f'bench-{digest}.onnx'
-    int8 = variant_path(fp32, 'int8')
-    report_path = out_dir / f'bench-{digest}.json'
-    if fp32.is_file() and int8.is_file() and report_path.is_file():
-        return json.loads(report_path.read_text())
-    export_onnx(source, fp32)
-    ckpt = load_checkpoint(source)
-    result: dict[str, Any] = {
-        'checkpoint': str(source),
-        'trained': trained,
-        'fp32': str(fp32),
-        'int8': str(int8),
-    }
-    if trained:
-        frames, _ = calibration_frames(ckpt, source, 32)
-        quantize_int8(fp32, frames, int8)
-        result.update(int8_miou_drop(ckpt, source, fp32, int8, eval_frames))
-    else:
-        from training.data.synthetic import render_frame
-
-        quantize_int8(fp32, [render_frame(7, i)[0] for i in range(8)], int8)
-        result['miou_note'] = (
-            f'no trained checkpoint at {BENCH_CHECKPOINT} (random weights): mIoU drop not '
-            'measured; train it with `semseg train --config cpu`'
-        )
-    report_path.write_text(json.dumps(result, indent=1) + '\n')
-    return result

@@ -4,8 +4,8 @@ Per image it writes ``NAME_mask.png`` (uint8 class ids, one channel), ``NAME_col
 (palette colours), ``NAME_overlay.png`` and ``NAME_grid.png`` (image | colour mask |
 overlay, plus the ground truth when the image sits in a ``CameraRGB`` folder with a sibling
 ``CameraSeg`` holding a label of the same name). Frames go through the one per-frame path,
-:mod:`semseg_ros.pipeline` (prepare -> model -> argmax -> restore_ids), so these masks equal
-what ``semseg evaluate`` scores and what the node publishes.
+the :class:`~semseg_ros.segmenter.Segmenter` on the checkpoint's torch engine, so these
+masks equal what ``semseg evaluate`` scores and what the node publishes.
 
 CLI: ``semseg predict --checkpoint ckpt.pt IMAGES|DIR ... --out DIR`` or
 ``python -m training.predict ...``.
@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from semseg_ros.cli import positive_int
+from semseg_ros.cli import device_arg, parse_args, positive_int
+from semseg_ros.dataset_layout import IMAGE_DIR, LABEL_DIR
+from semseg_ros.devices import DEVICE_HELP
+from semseg_ros.engines import EngineError
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set, remap
-from semseg_ros.pipeline import InputSpec, logits_to_ids, prepare, restore_ids
+from semseg_ros.model_file import ModelFileError
+from semseg_ros.segmenter import Segmenter
 from semseg_ros.visualize import caption, contact_sheet, label_panel, legend, overlay, write_rgb
-from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from training.data.lyft import IMAGE_DIR, LABEL_DIR, DatasetError, read_label, read_rgb
+from training.checkpoint import CheckpointError
+from training.data.lyft import DatasetError, read_label, read_rgb
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 #: What each image produces in ``--out``: ``NAME`` + suffix.
@@ -39,120 +41,7 @@ _MIN_TILE_WIDTH = 200
 
 
 class PredictError(ValueError):
-    """Bad input to prediction (device, paths); the message names it and the fix."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:1'``, ...
-
-    Raises :class:`PredictError` when CUDA is asked for but this torch cannot use it.
-    """
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        msg = f'unknown device {name!r}; use cpu, cuda, cuda:N or auto'
-        raise PredictError(msg) from err
-    if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            why = (
-                'this torch build has no CUDA support'
-                if torch.version.cuda is None
-                else f'torch (CUDA {torch.version.cuda}) sees no GPU'
-            )
-            msg = (
-                f'device {name!r} requested but torch.cuda.is_available() is False ({why}); '
-                'use --device cpu (or auto)'
-            )
-            raise PredictError(msg)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            msg = (
-                f'device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are '
-                'visible; use cuda:0 or check CUDA_VISIBLE_DEVICES'
-            )
-            raise PredictError(msg)
-    return device
-
-
-@dataclass
-class BatchResult:
-    """Full-frame class ids of a batch, and where the time went (seconds, whole batch)."""
-
-    ids: list[np.ndarray]  # each (H, W) uint8, the shape of its frame
-    prepare_s: float
-    model_s: float  # host -> device, forward, logits back to the host
-    restore_s: float  # argmax + nearest resize back to the frame
-
-
-class Predictor:
-    """A checkpoint's model behind the per-frame pipeline: RGB frames in, class ids out."""
-
-    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = 'cpu', *, source=''):
-        where = f'checkpoint {source}' if source else 'checkpoint'
-        try:
-            self.class_set: ClassSet = checkpoint.get_class_set()
-            self.spec = InputSpec.from_checkpoint_fields(
-                checkpoint.input_size, checkpoint.label_transform, checkpoint.normalization
-            )
-            num_outputs = checkpoint.get_model_config().num_classes
-        except (ClassSetError, ValueError, KeyError, TypeError) as err:
-            msg = f'{where} has an invalid class set, input size or normalization: {err}'
-            raise CheckpointError(msg) from err
-        if num_outputs != self.class_set.num_classes:
-            msg = (
-                f'{where}: the model has {num_outputs} outputs but its class set '
-                f'{self.class_set.name!r} has {self.class_set.num_classes} classes'
-            )
-            raise CheckpointError(msg)
-        self.checkpoint = checkpoint
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        try:
-            self.model = checkpoint.build_model(self.device)
-        except RuntimeError as err:  # state dict does not fit the recorded model config
-            msg = f'{where}: its weights do not fit its model config ({err})'
-            raise CheckpointError(msg) from err
-        width, height = self.spec.input_size
-        self._buffer = np.empty((0, 3, height, width), np.float32)
-
-    @classmethod
-    def from_path(cls, path: str | Path, device: str | torch.device = 'cpu') -> Predictor:
-        """Load ``path`` (:class:`CheckpointError` when missing or corrupt) on ``device``."""
-        device = device if isinstance(device, torch.device) else resolve_device(device)
-        return cls(load_checkpoint(path, map_location='cpu'), device, source=str(path))
-
-    def warm_up(self, batch_size: int = 1, passes: int = 2) -> None:
-        """Untimed forward passes at ``batch_size``, so lazy initialisation (kernel selection,
-        allocator growth) stays out of the timings."""
-        width, height = self.spec.input_size
-        with torch.inference_mode():
-            for _ in range(passes):
-                self.model(torch.zeros((batch_size, 3, height, width), device=self.device))
-        self._sync()
-
-    def _sync(self) -> None:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-
-    def segment(self, frames: Sequence[np.ndarray]) -> BatchResult:
-        """Class ids for a batch of (H, W, 3) uint8 RGB frames (sizes may differ)."""
-        t0 = time.perf_counter()
-        n = len(frames)
-        if self._buffer.shape[0] < n:
-            self._buffer = np.empty((n, *self._buffer.shape[1:]), np.float32)
-        batch = self._buffer[:n]  # (N, 3, h, w)
-        for i, frame in enumerate(frames):
-            prepare(frame, self.spec, out=batch[i])
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(batch).to(self.device))  # (N, C, h, w)
-            logits = logits.float().cpu().numpy()
-        self._sync()
-        t2 = time.perf_counter()
-        small = logits_to_ids(logits)  # (N, h, w) uint8
-        ids = [restore_ids(s, self.spec, f.shape) for s, f in zip(small, frames, strict=True)]
-        t3 = time.perf_counter()
-        return BatchResult(ids, t1 - t0, t2 - t1, t3 - t2)
+    """Bad input to prediction (paths); the message names it and the fix."""
 
 
 # --- Finding images --------------------------------------------------------------------------
@@ -304,7 +193,7 @@ def _read_gt(job: ImageJob, gt_set: ClassSet, model_set: ClassSet) -> np.ndarray
 
 
 def predict(
-    predictor: Predictor,
+    segmenter: Segmenter,
     jobs: Sequence[ImageJob],
     out_dir: Path,
     *,
@@ -317,7 +206,7 @@ def predict(
     Returns ``(images written, [(path, reason), ...] for images that failed)``; an image
     that cannot be read or whose ground truth is broken is reported and skipped.
     """
-    model_set = predictor.class_set
+    model_set = segmenter.class_set
     gt_set = gt_class_set or model_set
     failed: list[tuple[Path, str]] = []
     written = 0
@@ -333,8 +222,8 @@ def predict(
             ok.append(job)
         if not frames:
             continue
-        result = predictor.segment(frames)
-        for job, rgb, ids in zip(ok, frames, result.ids, strict=True):
+        results = segmenter.segment_batch(frames)
+        for job, rgb, ids in zip(ok, frames, (r.ids for r in results), strict=True):
             try:
                 gt = _read_gt(job, gt_set, model_set)
                 if gt is not None and gt.shape != ids.shape:
@@ -388,7 +277,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument('--limit', type=positive_int, help='only the first N images')
     parser.add_argument('--batch-size', type=positive_int, default=1, help='default 1')
     parser.add_argument(
-        '--device', default='auto', help='cpu, cuda, cuda:N or auto (default: auto)'
+        '--device', type=device_arg, default='auto', help=f'{DEVICE_HELP} (default: auto)'
     )
     parser.add_argument(
         '--alpha', type=_alpha, default=0.5, help='overlay opacity of the mask (default 0.5)'
@@ -403,25 +292,25 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``semseg predict``: 0 all written, 1 some images failed, 2 bad input (nothing run)."""
     parser = _parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     try:
         jobs = collect_images(args.inputs, args.out)
         if args.limit is not None:
             jobs = jobs[: args.limit]
         gt_set = get_class_set(args.gt_class_set) if args.gt_class_set else None
-        predictor = Predictor.from_path(args.checkpoint, args.device)
-    except (PredictError, CheckpointError, ClassSetError) as err:
+        segmenter = Segmenter.from_model(args.checkpoint, backend='torch', device=args.device)
+    except (PredictError, CheckpointError, ClassSetError, EngineError, ModelFileError) as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2
+    width, height = segmenter.input_spec.input_size
     print(
-        f'{len(jobs)} image(s), model {predictor.class_set.name} '
-        f'{predictor.spec.input_size[0]}x{predictor.spec.input_size[1]} on {predictor.device}'
+        f'{len(jobs)} image(s), model {segmenter.class_set.name} {width}x{height} on '
+        f'{segmenter.backend_name}'
     )
     written, failed = predict(
-        predictor,
+        segmenter,
         jobs,
         args.out,
         batch_size=args.batch_size,

@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from semseg_ros.cli import parse_args
+from semseg_ros.devices import torch_device
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from semseg_ros.metrics import ConfusionMatrix
 from training.checkpoint import (
@@ -197,22 +199,13 @@ def barrier(info: DistInfo) -> None:
 # --- Setup ------------------------------------------------------------------------------
 
 
-def resolve_device(requested: str, info: DistInfo = DistInfo()) -> torch.device:
-    """``auto``: CUDA when available, else CPU. ``cuda`` without a GPU: :class:`TrainError`."""
-    if requested == 'auto':
-        requested = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if requested == 'cuda':
-        if not torch.cuda.is_available():
-            msg = (
-                f'train.device is cuda but no CUDA GPU is available (torch {torch.__version__}, '
-                f'CUDA build: {torch.version.cuda or "none"}); use --device cpu (or auto), or '
-                'install a CUDA build of torch on a machine with a GPU'
-            )
-            raise TrainError(msg)
-        return torch.device('cuda', info.local_rank if info.enabled else 0)
-    if requested == 'cpu':
-        return torch.device('cpu')
-    raise TrainError(f"train.device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+def train_device(requested: str, info: DistInfo = DistInfo()) -> torch.device:
+    """``train.device`` here (:func:`semseg_ros.devices.torch_device`); under torchrun a plain
+    ``cuda`` is the worker's local-rank GPU. A missing GPU: :class:`TrainError`."""
+    try:
+        return torch_device(requested, local_rank=info.local_rank if info.enabled else None)
+    except ValueError as err:
+        raise TrainError(f'train.device: {err}') from err
 
 
 def generate_synthetic(config: Config, *, progress: bool = True) -> None:
@@ -407,7 +400,7 @@ def build_criterion(config: Config, train_set: SegmentationDataset) -> tuple[nn.
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: nn.Module,
     dataset: SegmentationDataset,
     *,
@@ -470,7 +463,7 @@ def _autocast(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
-def prediction_grid(
+def val_prediction_grid(
     model: nn.Module, dataset: SegmentationDataset, count: int, device: torch.device
 ) -> np.ndarray:
     """Rows of input | ground truth | prediction | overlay for the first ``count`` samples."""
@@ -547,14 +540,99 @@ def train(
         torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
 
 
+@dataclass
+class Run:
+    """Everything one training run holds: settings, data, model, optimizer and position."""
+
+    config: Config
+    out: Path
+    info: DistInfo
+    device: torch.device
+    manifest: Path
+    data: RunData
+    model: UNet  # the weights; ``net`` is what the steps call (DDP-wrapped when distributed)
+    net: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    steps_per_epoch: int
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    batches_done: int = 0  # batches of the current epoch already consumed
+    best_miou: float = float('-inf')
+    metrics: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+    class_counts: np.ndarray | None = None  # pixels per class of the train split, if counted
+
+    def say(self, *args: Any) -> None:
+        if self.info.is_main:
+            print(*args)
+
+
 def _train(
     config: Config, *, out: str | Path | None, resume: str | Path | None, progress: bool
 ) -> dict[str, Any]:
+    """The loop: set up, then per epoch train steps, validate and checkpoint; then test."""
+    wall_start = time.perf_counter()
+    run = setup_run(config, out, resume, progress=progress)
+    t = config.train
+    logger = RunLogger(run)
+    stopped_early = False
+    images_seen = 0
+    train_start = time.perf_counter()
+    try:
+        run.model.train()
+        while run.epoch < t.epochs and not stopped_early:
+            bar = _progress_bar(
+                epoch_loader(run), progress and run.info.is_main, run.epoch, t.epochs,
+                run.batches_done, run.steps_per_epoch,
+            )  # fmt: skip
+            tick = time.perf_counter()
+            for image, label in bar:
+                stats = train_step(run, image, label)
+                images = len(label) * run.info.world_size
+                images_seen += images
+                ips = images / max(1e-9, time.perf_counter() - tick)
+                logger.log_step(run, stats, ips)
+                if hasattr(bar, 'set_postfix'):
+                    bar.set_postfix(
+                        loss=f'{stats.loss:.4f}', lr=f'{stats.lr:.2e}', img_s=f'{ips:.1f}'
+                    )
+                if t.max_steps is not None and run.step >= t.max_steps:
+                    stopped_early = True
+                    break
+                if t.checkpoint_every_steps and run.step % t.checkpoint_every_steps == 0:
+                    save_run(run, 'last.pt')
+                tick = time.perf_counter()
+            if hasattr(bar, 'close'):
+                bar.close()
+            if stopped_early and run.batches_done < run.steps_per_epoch:
+                save_run(run, 'last.pt')
+                run.say(f'stopped at train.max_steps={t.max_steps} (step {run.step}); --resume '
+                        'continues')  # fmt: skip
+                break
+            end_epoch(run, logger, last=run.epoch + 1 == t.epochs or stopped_early)
+    finally:
+        logger.close()
+    train_s = time.perf_counter() - train_start
+    summary = summarize(run, train_s=train_s, images_seen=images_seen)
+    summary['wall_s'] = time.perf_counter() - wall_start
+    if run.info.is_main:
+        (run.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + '\n')
+    return summary
+
+
+def setup_run(
+    config: Config, out: str | Path | None, resume: str | Path | None, *, progress: bool
+) -> Run:
+    """Device, ranks, data, model, optimizer and schedule; the resumed state when asked."""
     config.validate()
     t, o = config.train, config.optim
-    device_kind = resolve_device(t.device).type  # fail on a missing GPU before anything else
+    device_kind = train_device(t.device).type  # fail on a missing GPU before anything else
     info = init_distributed(device_kind)
-    device = resolve_device(t.device, info)
+    device = train_device(t.device, info)
     out = Path(out) if out is not None else Path('runs/train') / config.name
     resume_path = _resolve_resume(resume, out)
     if resume_path is None and (out / 'last.pt').is_file():
@@ -566,7 +644,6 @@ def _train(
     checkpoint = load_checkpoint(resume_path) if resume_path is not None else None
     _configure_torch(config, device)
     seed_everything(t.seed)
-    wall_start = time.perf_counter()
     say = print if info.is_main else (lambda *a, **k: None)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -603,274 +680,289 @@ def _train(
         )
         raise TrainError(msg)
     total_steps = t.epochs * steps_per_epoch
-
-    def schedule(step: int) -> float:
-        return lr_factor(
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(
             step,
             total_steps=total_steps,
             warmup_steps=o.warmup_steps,
             schedule=o.schedule,
             power=o.poly_power,
             min_ratio=o.min_lr_ratio,
-        )
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        ),
+    )
     use_amp = t.amp and device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
-
-    epoch, step, batches_done, best_miou = 0, 0, 0, float('-inf')
-    metrics: dict[str, Any] = {}
+    run = Run(
+        config, out, info, device, manifest_path, data, model, model, criterion, optimizer,
+        scheduler, scaler, use_amp, steps_per_epoch, class_counts=class_counts,
+    )  # fmt: skip
     if checkpoint is not None:
-        model.load_state_dict(checkpoint.model_state)
-        if checkpoint.optimizer_state is None:
-            msg = f'{resume_path} has no optimizer state (an exported checkpoint); cannot resume'
-            raise CheckpointError(msg)
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        if checkpoint.scheduler_state:
-            scheduler.load_state_dict(checkpoint.scheduler_state)
-        if checkpoint.scaler_state:
-            scaler.load_state_dict(checkpoint.scaler_state)
-        if checkpoint.rng_state:
-            set_rng_state(checkpoint.rng_state)
-        epoch, step = checkpoint.epoch, checkpoint.step
-        batches_done, best_miou = checkpoint.batches_done, checkpoint.best_miou
-        metrics = dict(checkpoint.metrics)
-        say(f'resumed from {resume_path}: epoch {epoch}, step {step}, batch {batches_done}')
-        _truncate_log(out / LOG_FILE, step)
+        _restore(run, checkpoint, resume_path)
     else:
         if resume is not None:
             say(f'--resume {resume}: no {out / "last.pt"} yet, starting a new run')
         if info.is_main:
             # Steps of a run killed before its first checkpoint are redone from scratch.
             (out / LOG_FILE).unlink(missing_ok=True)
-
-    ddp_model: nn.Module = model
     if info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
+        run.net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None
         )
-
-    writer = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / 'tb'), purge_step=step if checkpoint else None)
-
-    def make_checkpoint(*, epoch_: int, batches_done_: int) -> Checkpoint:
-        return Checkpoint(
-            model_config=model_config.to_dict(),
-            class_set=class_set.to_dict(),
-            normalization=config.normalization.build().to_dict(),
-            input_size=list(config.data.input_size),
-            model_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            label_transform=_label_transform_dict(config),
-            train_config=config.to_dict(),
-            epoch=epoch_,
-            step=step,
-            metrics={**metrics, 'world_size': info.world_size},
-            best_miou=best_miou,
-            optimizer_state=optimizer.state_dict(),
-            scheduler_state=scheduler.state_dict(),
-            scaler_state=scaler.state_dict(),
-            rng_state=rng_state(),
-            batches_done=batches_done_,
-        )
-
-    def save(name: str, *, epoch_: int, batches_done_: int) -> None:
-        # Every rank reaches the barrier; only rank 0 writes, so a reader never sees a
-        # checkpoint some rank has not finished the step for.
-        barrier(info)
-        if info.is_main:
-            ckpt = make_checkpoint(epoch_=epoch_, batches_done_=batches_done_)
-            save_checkpoint(ckpt, out / name)
-        barrier(info)
-
-    n_params = count_parameters(model)
     say(
         f'train {len(data.train)} / val {len(data.val)} / test '
         f'{len(data.test) if data.test else 0} frames ({class_set.name}, '
         f'{class_set.num_classes} classes) at {config.data.input_size[0]}x'
-        f'{config.data.input_size[1]}; model {config.model.preset} {n_params / 1e6:.2f} M '
-        f'params; {device} x{info.world_size}{" AMP" if use_amp else ""}; '
-        f'{steps_per_epoch} steps/epoch, {total_steps} steps'
+        f'{config.data.input_size[1]}; model {config.model.preset} '
+        f'{count_parameters(model) / 1e6:.2f} M params; {device} x{info.world_size}'
+        f'{" AMP" if use_amp else ""}; {steps_per_epoch} steps/epoch, {total_steps} steps'
     )
-    if writer is not None and class_counts is not None and checkpoint is None:
-        freq = class_counts / max(1, class_counts.sum())
-        writer.add_text('data/class_frequency', ', '.join(
-            f'{n} {f:.4f}' for n, f in zip(class_set.names, freq, strict=True)
-        ))  # fmt: skip
+    return run
 
-    log = open(out / LOG_FILE, 'a') if info.is_main else None  # noqa: SIM115
-    stopped_early = False
-    step_times: list[float] = []
-    images_seen = 0
-    train_start = time.perf_counter()
-    try:
-        model.train()
-        while epoch < t.epochs and not stopped_early:
-            sampler = EpochSampler(
-                len(data.train),
-                seed=t.seed,
-                epoch=epoch,
-                rank=info.rank,
-                world_size=info.world_size,
-                start=batches_done * t.batch_size,
-            )
-            loader = make_loader(
-                data.train,
-                sampler,
-                batch_size=t.batch_size,
-                num_workers=config.data.num_workers,
-                seed=t.seed + epoch,
-                drop_last=True,
-                pin_memory=device.type == 'cuda',
-            )
-            bar = _progress_bar(
-                loader, progress and info.is_main, epoch, t.epochs, batches_done, steps_per_epoch
-            )
-            tick = time.perf_counter()
-            for image, label in bar:
-                image = image.to(device, non_blocking=True)  # (N, 3, H, W) float32
-                if t.channels_last:
-                    image = image.contiguous(memory_format=torch.channels_last)
-                label = label.to(device, non_blocking=True)  # (N, H, W) int64
-                with _autocast(device, use_amp):
-                    logits = ddp_model(image)  # (N, C, H, W)
-                    if isinstance(criterion, CombinedLoss):
-                        terms = criterion.terms(logits, label)
-                        loss = sum(criterion.weights[k] * v for k, v in terms.items())
-                    else:
-                        terms = {}
-                        loss = criterion(logits, label)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                grad_norm = None
-                if o.grad_clip:
-                    scaler.unscale_(optimizer)
-                    grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip))
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]['lr']
-                scheduler.step()
-                step += 1
-                batches_done += 1
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    msg = (
-                        f'loss became {loss_value} at step {step}; lower optim.lr or enable '
-                        'optim.grad_clip (last.pt holds the last good state)'
-                    )
-                    raise TrainError(msg)
-                now = time.perf_counter()
-                step_times.append(now - tick)
-                tick = now
-                images_seen += len(label) * info.world_size
-                ips = len(label) * info.world_size / max(1e-9, step_times[-1])
-                if log is not None:
-                    entry = {'step': step, 'epoch': epoch, 'loss': loss_value, 'lr': lr}
-                    entry.update({k: float(v.detach()) for k, v in terms.items()})
-                    log.write(json.dumps(entry) + '\n')
-                    log.flush()
-                if hasattr(bar, 'set_postfix'):
-                    bar.set_postfix(loss=f'{loss_value:.4f}', lr=f'{lr:.2e}', img_s=f'{ips:.1f}')
-                if writer is not None and t.log_every and step % t.log_every == 0:
-                    writer.add_scalar('train/loss', loss_value, step)
-                    for k, v in terms.items():
-                        writer.add_scalar(f'train/loss_{k}', float(v.detach()), step)
-                    writer.add_scalar('train/lr', lr, step)
-                    writer.add_scalar('train/images_per_s', ips, step)
-                    if grad_norm is not None:
-                        writer.add_scalar('train/grad_norm', grad_norm, step)
-                if writer is not None and t.image_every and step % t.image_every == 0:
-                    grid = prediction_grid(model, data.val, t.num_images, device)
-                    writer.add_image('val/predictions', grid, step, dataformats='HWC')
-                if t.max_steps is not None and step >= t.max_steps:
-                    stopped_early = True
-                    break
-                if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
-                    save('last.pt', epoch_=epoch, batches_done_=batches_done)
-                tick = time.perf_counter()
-            if hasattr(bar, 'close'):
-                bar.close()
-            if stopped_early and batches_done < steps_per_epoch:
-                save('last.pt', epoch_=epoch, batches_done_=batches_done)
-                say(f'stopped at train.max_steps={t.max_steps} (step {step}); --resume continues')
-                break
-            epoch += 1
-            batches_done = 0
-            last_epoch = epoch == t.epochs or stopped_early
-            if (t.val_every and epoch % t.val_every == 0) or last_epoch:
-                val = evaluate(
-                    model,
-                    data.val,
-                    device=device,
-                    batch_size=t.batch_size,
-                    criterion=criterion,
-                    info=info,
-                    channels_last=t.channels_last,
-                    amp=use_amp,
-                )
-                metrics = {'epoch': epoch, 'step': step, 'val': val}
-                improved = val['miou'] > best_miou
-                if improved:
-                    best_miou = val['miou']
-                say(
-                    f'epoch {epoch}/{t.epochs} step {step}: val loss {val["loss"]:.4f} '
-                    f'mIoU {val["miou"]:.4f} pixel acc {val["pixel_accuracy"]:.4f}'
-                    f'{" (best)" if improved else ""}'
-                )
-                if writer is not None:
-                    writer.add_scalar('val/loss', val['loss'], step)
-                    writer.add_scalar('val/miou', val['miou'], step)
-                    writer.add_scalar('val/pixel_accuracy', val['pixel_accuracy'], step)
-                    for name, iou in val['iou'].items():
-                        if iou is not None:
-                            writer.add_scalar(f'val_iou/{name}', iou, step)
-                    writer.flush()
-                save('last.pt', epoch_=epoch, batches_done_=0)
-                if improved:
-                    save('best.pt', epoch_=epoch, batches_done_=0)
-            else:
-                save('last.pt', epoch_=epoch, batches_done_=0)
-    finally:
-        if log is not None:
-            log.close()
-        if writer is not None:
-            writer.close()
-    train_s = time.perf_counter() - train_start
 
+def _restore(run: Run, checkpoint: Checkpoint, path: Path) -> None:
+    """Weights, optimizer, schedule, scaler, RNG and position of a ``last.pt`` to resume."""
+    run.model.load_state_dict(checkpoint.model_state)
+    if checkpoint.optimizer_state is None:
+        msg = f'{path} has no optimizer state (an exported checkpoint); cannot resume'
+        raise CheckpointError(msg)
+    run.optimizer.load_state_dict(checkpoint.optimizer_state)
+    if checkpoint.scheduler_state:
+        run.scheduler.load_state_dict(checkpoint.scheduler_state)
+    if checkpoint.scaler_state:
+        run.scaler.load_state_dict(checkpoint.scaler_state)
+    if checkpoint.rng_state:
+        set_rng_state(checkpoint.rng_state)
+    run.epoch, run.step = checkpoint.epoch, checkpoint.step
+    run.batches_done, run.best_miou = checkpoint.batches_done, checkpoint.best_miou
+    run.metrics = dict(checkpoint.metrics)
+    run.resumed = True
+    run.say(f'resumed from {path}: epoch {run.epoch}, step {run.step}, batch {run.batches_done}')
+    _truncate_log(run.out / LOG_FILE, run.step)
+
+
+def epoch_loader(run: Run) -> DataLoader:
+    """This rank's batches of the current epoch, past the ones already consumed."""
+    t = run.config.train
+    sampler = EpochSampler(
+        len(run.data.train),
+        seed=t.seed,
+        epoch=run.epoch,
+        rank=run.info.rank,
+        world_size=run.info.world_size,
+        start=run.batches_done * t.batch_size,
+    )
+    return make_loader(
+        run.data.train,
+        sampler,
+        batch_size=t.batch_size,
+        num_workers=run.config.data.num_workers,
+        seed=t.seed + run.epoch,
+        drop_last=True,
+        pin_memory=run.device.type == 'cuda',
+    )
+
+
+@dataclass
+class StepStats:
+    loss: float
+    terms: dict[str, float]  # the loss terms of a combined loss, unweighted
+    lr: float  # the rate this step used
+    grad_norm: float | None  # before clipping; None without optim.grad_clip
+
+
+def train_step(run: Run, image: torch.Tensor, label: torch.Tensor) -> StepStats:
+    """One optimizer step on one batch. Shape: image (N, 3, H, W), label (N, H, W)."""
+    t, o = run.config.train, run.config.optim
+    image = image.to(run.device, non_blocking=True)  # (N, 3, H, W) float32
+    if t.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    label = label.to(run.device, non_blocking=True)  # (N, H, W) int64
+    with _autocast(run.device, run.use_amp):
+        logits = run.net(image)  # (N, C, H, W)
+        if isinstance(run.criterion, CombinedLoss):
+            terms = run.criterion.terms(logits, label)
+            loss = sum(run.criterion.weights[k] * v for k, v in terms.items())
+        else:
+            terms = {}
+            loss = run.criterion(logits, label)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    grad_norm = None
+    if o.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        grad_norm = float(nn.utils.clip_grad_norm_(run.model.parameters(), o.grad_clip))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    lr = run.optimizer.param_groups[0]['lr']
+    run.scheduler.step()
+    run.step += 1
+    run.batches_done += 1
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        msg = (
+            f'loss became {loss_value} at step {run.step}; lower optim.lr or enable '
+            'optim.grad_clip (last.pt holds the last good state)'
+        )
+        raise TrainError(msg)
+    return StepStats(loss_value, {k: float(v.detach()) for k, v in terms.items()}, lr, grad_norm)
+
+
+class RunLogger:
+    """Rank 0's ``log.jsonl`` (every step) and TensorBoard (every ``log_every`` steps)."""
+
+    def __init__(self, run: Run) -> None:
+        self.log = None
+        self.writer = None
+        if not run.info.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = run.step if run.resumed else None
+        self.writer = SummaryWriter(str(run.out / 'tb'), purge_step=purge)
+        counts = run.class_counts
+        if counts is not None and not run.resumed:
+            freq = counts / max(1, counts.sum())
+            self.writer.add_text('data/class_frequency', ', '.join(
+                f'{n} {f:.4f}' for n, f in zip(run.data.class_set.names, freq, strict=True)
+            ))  # fmt: skip
+        self.log = open(run.out / LOG_FILE, 'a')  # noqa: SIM115 - closed by close()
+
+    def log_step(self, run: Run, stats: StepStats, images_per_s: float) -> None:
+        t, step = run.config.train, run.step
+        if self.log is not None:
+            entry = {'step': step, 'epoch': run.epoch, 'loss': stats.loss, 'lr': stats.lr}
+            entry.update(stats.terms)
+            self.log.write(json.dumps(entry) + '\n')
+            self.log.flush()
+        if self.writer is None:
+            return
+        if t.log_every and step % t.log_every == 0:
+            self.writer.add_scalar('train/loss', stats.loss, step)
+            for k, v in stats.terms.items():
+                self.writer.add_scalar(f'train/loss_{k}', v, step)
+            self.writer.add_scalar('train/lr', stats.lr, step)
+            self.writer.add_scalar('train/images_per_s', images_per_s, step)
+            if stats.grad_norm is not None:
+                self.writer.add_scalar('train/grad_norm', stats.grad_norm, step)
+        if t.image_every and step % t.image_every == 0:
+            grid = val_prediction_grid(run.model, run.data.val, t.num_images, run.device)
+            self.writer.add_image('val/predictions', grid, step, dataformats='HWC')
+
+    def log_val(self, step: int, val: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        self.writer.add_scalar('val/loss', val['loss'], step)
+        self.writer.add_scalar('val/miou', val['miou'], step)
+        self.writer.add_scalar('val/pixel_accuracy', val['pixel_accuracy'], step)
+        for name, iou in val['iou'].items():
+            if iou is not None:
+                self.writer.add_scalar(f'val_iou/{name}', iou, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def end_epoch(run: Run, logger: RunLogger, *, last: bool) -> None:
+    """Close an epoch: validate when due (keeping ``best.pt``), always write ``last.pt``."""
+    t = run.config.train
+    run.epoch += 1
+    run.batches_done = 0
+    if not ((t.val_every and run.epoch % t.val_every == 0) or last):
+        save_run(run, 'last.pt')
+        return
+    val = validate(
+        run.model,
+        run.data.val,
+        device=run.device,
+        batch_size=t.batch_size,
+        criterion=run.criterion,
+        info=run.info,
+        channels_last=t.channels_last,
+        amp=run.use_amp,
+    )
+    run.metrics = {'epoch': run.epoch, 'step': run.step, 'val': val}
+    improved = val['miou'] > run.best_miou
+    if improved:
+        run.best_miou = val['miou']
+    run.say(
+        f'epoch {run.epoch}/{t.epochs} step {run.step}: val loss {val["loss"]:.4f} '
+        f'mIoU {val["miou"]:.4f} pixel acc {val["pixel_accuracy"]:.4f}'
+        f'{" (best)" if improved else ""}'
+    )
+    logger.log_val(run.step, val)
+    save_run(run, 'last.pt')
+    if improved:
+        save_run(run, 'best.pt')
+
+
+def run_checkpoint(run: Run) -> Checkpoint:
+    """The run as a checkpoint: the model and its contract, plus what resuming needs."""
+    config = run.config
+    return Checkpoint(
+        model_config=run.model.config.to_dict(),
+        class_set=run.data.class_set.to_dict(),
+        normalization=config.normalization.build().to_dict(),
+        input_size=list(config.data.input_size),
+        model_state={k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()},
+        label_transform=_label_transform_dict(config),
+        train_config=config.to_dict(),
+        epoch=run.epoch,
+        step=run.step,
+        metrics={**run.metrics, 'world_size': run.info.world_size},
+        best_miou=run.best_miou,
+        optimizer_state=run.optimizer.state_dict(),
+        scheduler_state=run.scheduler.state_dict(),
+        scaler_state=run.scaler.state_dict(),
+        rng_state=rng_state(),
+        batches_done=run.batches_done,
+    )
+
+
+def save_run(run: Run, name: str) -> None:
+    """``OUT/name`` from rank 0, between barriers: no reader sees a step some rank skipped."""
+    barrier(run.info)
+    if run.info.is_main:
+        save_checkpoint(run_checkpoint(run), run.out / name)
+    barrier(run.info)
+
+
+def summarize(run: Run, *, train_s: float, images_seen: int) -> dict[str, Any]:
+    """The run's summary; a finished run's ``best.pt`` is scored on the test split."""
+    t, info, device = run.config.train, run.info, run.device
     summary: dict[str, Any] = {
-        'out': str(out),
-        'manifest': str(manifest_path),
-        'epoch': epoch,
-        'step': step,
-        'finished': epoch >= t.epochs,
-        'best_miou': None if best_miou == float('-inf') else best_miou,
-        'val': metrics.get('val'),
+        'out': str(run.out),
+        'manifest': str(run.manifest),
+        'epoch': run.epoch,
+        'step': run.step,
+        'finished': run.epoch >= t.epochs,
+        'best_miou': None if run.best_miou == float('-inf') else run.best_miou,
+        'val': run.metrics.get('val'),
         'train_s': train_s,
         'train_images_per_s': images_seen / train_s if train_s > 0 else None,
         'world_size': info.world_size,
         'device': str(device),
     }
     if info.enabled:
-        summary['rank_weight_checksums'] = _rank_checksums(model, device)
+        summary['rank_weight_checksums'] = _rank_checksums(run.model, device)
         summary['ranks_in_sync'] = len(set(summary['rank_weight_checksums'])) == 1
-    run_test = summary['finished'] and t.test_at_end and data.test is not None
-    if run_test and (out / 'best.pt').is_file():
-        best = load_checkpoint(out / 'best.pt', map_location=device)
-        model.load_state_dict(best.model_state)
-        summary['test'] = evaluate(
-            model, data.test, device=device, batch_size=t.batch_size, info=info, amp=use_amp
+    test = run.data.test
+    best_path = run.out / 'best.pt'
+    if summary['finished'] and t.test_at_end and test is not None and best_path.is_file():
+        run.model.load_state_dict(load_checkpoint(best_path, map_location=device).model_state)
+        summary['test'] = validate(
+            run.model, test, device=device, batch_size=t.batch_size, info=info, amp=run.use_amp
         )
-        summary['test']['checkpoint'] = str(out / 'best.pt')
-        say(
-            f'test mIoU (best.pt, {len(data.test)} frames, at the model input size): '
+        summary['test']['checkpoint'] = str(best_path)
+        run.say(
+            f'test mIoU (best.pt, {len(test)} frames, at the model input size): '
             f'{summary["test"]["miou"]:.4f}; full-frame scores: semseg evaluate --checkpoint '
-            f'{out / "best.pt"}'
+            f'{best_path}'
         )
-    summary['wall_s'] = time.perf_counter() - wall_start
-    if info.is_main:
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + '\n')
     return summary
 
 
@@ -942,7 +1034,7 @@ def measure_loader_throughput(config: Config, batches: int = 20) -> dict[str, fl
     """
     config.validate()
     t = config.train
-    device = resolve_device(t.device)
+    device = train_device(t.device)
     _configure_torch(config, device)
     seed_everything(t.seed)
     with tempfile.TemporaryDirectory(prefix='semseg_measure_') as tmp:
@@ -1060,10 +1152,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``semseg train``: returns the exit code (0 ok, 1 failed run, 2 bad input)."""
     parser = _parser(prog)
     summary: dict[str, Any] | None = None
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides += [f'data.data_dir={json.dumps(args.data_dir)}', 'data.manifest=null']

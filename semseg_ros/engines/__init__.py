@@ -19,11 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from semseg_ros.devices import DEVICE_CHOICES, cuda_index, parse_device
 from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
 from semseg_ros.model_file import ENGINE_SUFFIX, ModelInfo, read_model_info
 
 BACKENDS = ('auto', 'onnxruntime', 'tensorrt', 'torch')
-DEVICES = ('auto', 'cpu', 'cuda')
+DEVICES = DEVICE_CHOICES
 
 __all__ = [
     'BACKENDS',
@@ -80,8 +81,7 @@ def create_engine(
     """
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
-    if device not in DEVICES and not str(device).startswith('cuda:'):
-        raise ValueError(f'device must be one of {DEVICES} (or cuda:N), got {device!r}')
+    device = parse_device(device)
     info = model_path if isinstance(model_path, ModelInfo) else _load_info(Path(model_path))
     if backend == 'auto':
         backend, why = _choose(info, device)
@@ -114,7 +114,7 @@ def _choose(info: ModelInfo, device: str) -> tuple[str, str]:
     # Cheapest test first: importing torch to ask costs ~2 s of start-up on a CPU machine.
     if nvidia_driver_loaded() and checkpoint.is_file() and cuda_available():
         return 'torch', f'GPU via PyTorch CUDA ({trt_why}; no onnxruntime GPU provider)'
-    if device == 'cuda':
+    if device.startswith('cuda'):
         msg = (
             f'device=cuda but no GPU backend can run {info.path}: {trt_why}; onnxruntime has no '
             "CUDA provider (pip install onnxruntime-gpu). Use device='cpu'"
@@ -141,7 +141,7 @@ def _build(backend: str, info: ModelInfo, device: str, options: dict[str, Any]) 
         if device == 'cpu':
             raise ValueError("backend tensorrt runs on a GPU; use device='cuda' or 'auto'")
         build = {k: options[k] for k in ('workspace_gb', 'max_batch', 'max_size') if k in options}
-        index = int(str(device).split(':')[1]) if str(device).startswith('cuda:') else 0
+        index = cuda_index(device)
         return TensorRTEngine(
             engine_for(info.path, device_index=index, **build), device_index=index
         )

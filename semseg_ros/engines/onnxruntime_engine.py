@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from semseg_ros.devices import cuda_index, parse_device
 from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
 from semseg_ros.model_file import ModelInfo
 
@@ -32,9 +33,8 @@ def available_providers() -> list[str]:
 
 
 def choose_providers(device: str, info: ModelInfo) -> list[str | tuple[str, dict[str, Any]]]:
-    """Execution providers for ``device`` ('cpu', 'cuda', 'auto'), best first, CPU last."""
-    if device not in ('cpu', 'cuda', 'auto'):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    """Execution providers for ``device`` ('auto', 'cpu', 'cuda[:N]'), best first, CPU last."""
+    device = parse_device(device)
     if device == 'cpu':
         return [CPU]
     present = available_providers()
@@ -44,12 +44,14 @@ def choose_providers(device: str, info: ModelInfo) -> list[str | tuple[str, dict
         options = {
             'trt_fp16_enable': True,  # FP16 kernels where TensorRT finds them faster
             'trt_engine_cache_enable': True,
-            'trt_engine_cache_path': cache,  # engines cached next to the ONNX (DESIGN 3)
+            'trt_engine_cache_path': cache,  # engines cached next to the ONNX
         }
+        if ':' in device:
+            options['device_id'] = cuda_index(device)
         chosen.append((TENSORRT, options))
     if CUDA in present:
-        chosen.append(CUDA)
-    if device == 'cuda' and not chosen:
+        chosen.append((CUDA, {'device_id': cuda_index(device)}) if ':' in device else CUDA)
+    if device.startswith('cuda') and not chosen:
         msg = (
             f'device=cuda but this onnxruntime has only {present}; install onnxruntime-gpu '
             "or use device='cpu'"

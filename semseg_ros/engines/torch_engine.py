@@ -1,7 +1,7 @@
 """PyTorch backend (CPU / CUDA, FP16 on CUDA, channels_last), run from a training checkpoint.
 
 torch is imported only when this engine is built: the runtime package never imports it at
-import time (DESIGN.md section 1). An ONNX file holds no PyTorch module, so this backend
+import time (docs/architecture.md). An ONNX file holds no PyTorch module, so this backend
 runs the checkpoint the ONNX was exported from (``provenance.checkpoint`` in its metadata)
 or a ``.pt`` checkpoint given directly.
 """
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from semseg_ros.devices import parse_device, torch_device
 from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
 from semseg_ros.model_file import ModelInfo
 
@@ -51,19 +52,23 @@ def checkpoint_for(info: ModelInfo) -> Path:
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[Any, ModelInfo]:
-    """(UNet in eval mode on CPU, ModelInfo) from a training checkpoint."""
+    """(UNet in eval mode on CPU, ModelInfo) from a training checkpoint.
+
+    The one import of the training half by the runtime core, lazy and of one small module
+    (``training.checkpoint``: the checkpoint format and the UNet it rebuilds).
+    """
     _import_torch()
     try:
         from training.checkpoint import CheckpointError, load_checkpoint
-        from training.export import model_info_from_checkpoint
     except ImportError as err:
         msg = 'backend torch needs the training package: pip install -e .[train]'
         raise BackendUnavailableError(msg) from err
     try:
         checkpoint = load_checkpoint(path)
+        info = checkpoint.model_info(path)
+        return checkpoint.build_model('cpu'), info
     except CheckpointError as err:
-        raise EngineError(str(err)) from err
-    return checkpoint.build_model('cpu'), model_info_from_checkpoint(checkpoint, path)
+        raise EngineError(f'{path}: {err}' if str(path) not in str(err) else str(err)) from err
 
 
 class TorchEngine(Engine):
@@ -83,19 +88,17 @@ class TorchEngine(Engine):
     ) -> None:
         super().__init__(info)
         torch = _import_torch()
-        if device == 'auto':
-            device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        if device not in ('cpu', 'cuda') and not device.startswith('cuda:'):
-            raise ValueError(f"device must be 'cpu', 'cuda[:N]' or 'auto', got {device!r}")
-        if device.startswith('cuda') and not torch.cuda.is_available():
-            raise BackendUnavailableError(f'device={device} but torch sees no CUDA GPU here')
-        if fp16 and device == 'cpu':
+        device = parse_device(device)  # ValueError for a device that does not exist anywhere
+        try:
+            self._device = torch_device(device)
+        except ValueError as err:  # a GPU asked for that this machine does not have
+            raise BackendUnavailableError(str(err)) from err
+        if fp16 and self._device.type == 'cpu':
             msg = 'fp16 is for CUDA; on CPU use fp16=False (or the INT8 ONNX with onnxruntime)'
             raise ValueError(msg)
         if threads is not None:
             torch.set_num_threads(int(threads))
         self._torch = torch
-        self._device = torch.device(device)
         self._dtype = torch.float16 if fp16 else torch.float32
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._channels_last = channels_last

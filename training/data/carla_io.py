@@ -25,11 +25,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
+from semseg_ros.dataset_layout import DATASET_INFO, IMAGE_DIR, LABEL_DIR, write_pair
 from semseg_ros.labels import get_class_set
-from training.data.lyft import DATASET_INFO, IMAGE_DIR, LABEL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +42,6 @@ WEATHER_PRESETS = (
     'SoftRainSunset', 'MidRainSunset', 'HardRainSunset', 'ClearNight', 'CloudyNight',
     'WetNight', 'WetCloudyNight', 'SoftRainNight', 'MidRainyNight', 'HardRainNight',
 )  # fmt: skip
-
-# Same PNG settings as the synthetic generator: zlib level 1 with one fixed row filter.
-_RGB_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
-_SEG_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 class CollectError(RuntimeError):
@@ -81,7 +76,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def class_set_for_version(version: str) -> str:
-    """The semantic tags a CARLA server of ``version`` writes (DESIGN.md section 4).
+    """The semantic tags a CARLA server of ``version`` writes (docs/architecture.md, Class sets).
 
     lyft13 before 0.9.10, carla23 for 0.9.10 - 0.9.13, cityscapes29 from 0.9.14 on.
     """
@@ -306,14 +301,10 @@ class DatasetWriter:
         episode = self._episode()
         name = f'{episode["frames"]:06d}.png'
         base = self.out / self._current  # type: ignore[operator]
-        zeros = np.zeros_like(ids)
-        seg = cv2.merge((zeros, zeros, ids))  # BGR order: the id lands in red
-        for path, image, params in (
-            (base / IMAGE_DIR / name, bgr, _RGB_PNG),
-            (base / LABEL_DIR / name, seg, _SEG_PNG),
-        ):
-            if not cv2.imwrite(str(path), image, params):
-                raise CollectError(f'could not write {path}; check the disk space and permissions')
+        try:
+            write_pair(base / IMAGE_DIR / name, base / LABEL_DIR / name, bgr, ids)
+        except OSError as err:
+            raise CollectError(str(err)) from err
         episode['frames'] += 1
         return base / IMAGE_DIR / name
 

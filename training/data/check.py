@@ -23,12 +23,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from semseg_ros.cli import positive_int
+from semseg_ros.cli import parse_args, positive_int
+from semseg_ros.dataset_layout import DATASET_INFO, IMAGE_DIR, LABEL_DIR
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from training.data.lyft import (
-    DATASET_INFO,
-    IMAGE_DIR,
-    LABEL_DIR,
     DatasetError,
     dataset_class_set,
     read_dataset_info,
@@ -499,10 +497,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``semseg data check DIR``; returns the exit code (0 clean, 1 problems, 2 usage)."""
     parser = _parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     if not args.dir.is_dir():
         parser.print_usage(sys.stderr)
         print(f'{parser.prog}: error: {args.dir} is not a directory', file=sys.stderr)

@@ -10,7 +10,8 @@ collector all write it)::
 
 An RGB image and its label pair by file name. The label is the **red channel** of the
 CameraSeg PNG (a single-channel PNG holds the ids directly). Labels are only ever resized
-with nearest-neighbour (:func:`resize_label`), since any other filter invents class ids.
+with nearest-neighbour (:func:`semseg_ros.pipeline.resize_label`), since any other
+filter invents class ids.
 
 This module is torch-free (numpy + OpenCV) so the data tools run without the trainer.
 """
@@ -27,13 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from semseg_ros.dataset_layout import DATASET_INFO, IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, label_ids
 from semseg_ros.labels import LYFT13, ClassSet, ClassSetError, class_set_from_dict, get_class_set
-from semseg_ros.preprocess import resize_label  # noqa: F401 (re-exported: the one label resize)
-
-IMAGE_DIR = 'CameraRGB'
-LABEL_DIR = 'CameraSeg'
-DATASET_INFO = 'dataset.json'
-IMAGE_SUFFIX = '.png'
 
 #: Class names that count as a vehicle for hood removal. lyft13 and carla23 have one
 #: 'Vehicles' class; cityscapes29 (CARLA 0.9.14+) splits it, and the ego vehicle may be any
@@ -289,15 +285,10 @@ def read_label(path: str | Path) -> np.ndarray:
     holds the ids directly.
     """
     image = _read_image(path)
-    if image.ndim == 2:
-        return image
-    if image.shape[2] in (3, 4):
-        return np.ascontiguousarray(image[:, :, 2])  # BGR(A): index 2 is red
-    msg = (
-        f'{path} has {image.shape[2]} channels; a label must be a 1-channel id image or a '
-        '3/4-channel PNG with the ids in the red channel'
-    )
-    raise DatasetError(msg, path=path, kind='channels')
+    try:
+        return label_ids(image)
+    except ValueError as err:
+        raise DatasetError(f'{path}: {err}', path=path, kind='channels') from err
 
 
 # --- Label preprocessing -------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from semseg_ros.cli import parse_args
 from semseg_ros.labels import (
     BUILTIN_CLASS_SETS,
     ClassSet,
@@ -434,10 +435,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``semseg data split DIR``: write the manifest; returns the exit code."""
     parser = _parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:  # --help (0) or a usage error (2): return, do not exit
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     if not args.dir.is_dir():
         parser.print_usage(sys.stderr)
         print(f'{parser.prog}: error: {args.dir} is not a directory', file=sys.stderr)

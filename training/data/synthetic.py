@@ -45,15 +45,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from semseg_ros.dataset_layout import (
+    DATASET_INFO,
+    EPISODES,
+    HOOD_ROW,
+    IMAGE_DIR,
+    LABEL_DIR,
+    REFERENCE_HEIGHT,
+    write_pair,
+)
 from semseg_ros.labels import LYFT13
 
 GENERATOR_VERSION = 1
-EPISODES = ('dataA', 'dataB', 'dataC', 'dataD', 'dataE')
-IMAGE_DIR = 'CameraRGB'
-LABEL_DIR = 'CameraSeg'
-DATASET_INFO = 'dataset.json'
-#: Row where the hood starts in a 600-row frame (the Lyft convention); scaled to other heights.
-REFERENCE_HEIGHT = 600
 
 _ID = {name: LYFT13.id_of(name) for name in LYFT13.names}
 NONE, BUILDINGS, FENCES, OTHER = _ID['None'], _ID['Buildings'], _ID['Fences'], _ID['Other']
@@ -71,14 +74,6 @@ SIDEWALKS, VEGETATION, VEHICLES, WALLS = (
 )
 TRAFFIC_SIGNS = _ID['TrafficSigns']
 
-# PNG speed: zlib level 1 with one fixed row filter (OpenCV's default tries them all, which
-# costs more than the rendering). Labels are long runs, so RLE + the UP filter suits them.
-_RGB_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
-_SEG_PNG = [
-    cv2.IMWRITE_PNG_COMPRESSION, 1,
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-]  # fmt: skip
 # Seed-sequence tags keep the random-frame and drive streams apart for the same seed.
 _TAG_FRAME, _TAG_DRIVE = 1, 2
 _K = 8  # vertices per stored polygon; smaller polygons repeat their last vertex
@@ -97,7 +92,7 @@ class SynthConfig:
     width: int = 800
     height: int = 600
     #: First row that is all hood at ``height == 600``; scaled for other heights.
-    hood_row: int = 496
+    hood_row: int = HOOD_ROW
     fov_deg: float = 90.0  # CARLA's default camera (and the Lyft data's)
     camera_height: float = 1.6
     draw_distance: float = 180.0
@@ -1705,12 +1700,10 @@ def episode_of(index: int, frames: int) -> str:
 
 
 def _write_pair(rgb_path: Path, seg_path: Path, bgr: np.ndarray, label: np.ndarray) -> None:
-    zeros = np.zeros_like(label)
-    # CARLA's CameraSeg format: class id in the red channel (OpenCV writes BGR: index 2).
-    seg = cv2.merge((zeros, zeros, label))
-    for path, img, params in ((rgb_path, bgr, _RGB_PNG), (seg_path, seg, _SEG_PNG)):
-        if not cv2.imwrite(str(path), img, params):
-            raise SynthError(f'could not write {path}; check the disk space and permissions')
+    try:
+        write_pair(rgb_path, seg_path, bgr, label)  # CARLA's CameraSeg format: id in red
+    except OSError as err:
+        raise SynthError(str(err)) from err
 
 
 def _write_random(out: str, seed: int, cfg: SynthConfig, frames: int, indices: list[int]) -> int:
