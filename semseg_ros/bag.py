@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from semseg_ros.cli import parse_args
 from semseg_ros.imaging import ImageFormatError, WarnOncePerKind
 from semseg_ros.node_core import (
     ALL_OUTPUTS,
@@ -264,10 +265,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``semseg bag``: returns the exit code."""
     parser = _parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:
-        return int(err.code or 0)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):
+        return args
     try:
         params = NodeParams(
             model_path=args.model, backend=args.backend, device=args.device,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import threading
 import time
 import traceback
@@ -39,6 +38,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from semseg_ros.devices import DEVICE_HELP, parse_device
 from semseg_ros.engines import BACKENDS  # light: backends import their library lazily
 from semseg_ros.imaging import (
     ImageFields,
@@ -66,7 +66,6 @@ OUTPUT_QOS_DEPTH = 10
 
 COLOR_ENCODINGS = ('rgb8', 'bgr8')
 QOS_RELIABILITIES = ('best_available', 'reliable', 'best_effort')
-_DEVICE_RE = re.compile(r'auto|cpu|cuda(:\d+)?')
 
 # diagnostic_msgs/DiagnosticStatus levels.
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
@@ -152,9 +151,11 @@ class NodeParams:
             _check_type(f.name, getattr(self, f.name), f.default)
         object.__setattr__(self, 'overlay_alpha', float(self.overlay_alpha))
         _check_choice('backend', self.backend, BACKENDS)
-        if not _DEVICE_RE.fullmatch(self.device):
-            msg = f"device {self.device!r} is not valid: use 'auto', 'cpu', 'cuda' or 'cuda:<n>'"
-            raise ParamError(msg)
+        try:
+            object.__setattr__(self, 'device', parse_device(self.device))
+        except ValueError as err:
+            msg = f'device {self.device!r} is not valid: use one of {DEVICE_HELP}'
+            raise ParamError(msg) from err
         _check_choice('color_encoding', self.color_encoding, COLOR_ENCODINGS)
         if not 0.0 <= self.overlay_alpha <= 1.0:
             msg = f'overlay_alpha {self.overlay_alpha} is outside 0..1: use e.g. 0.5'
