@@ -27,17 +27,14 @@ from typing import Any
 
 from semseg_ros.cli import parse_args
 from semseg_ros.imaging import ImageFormatError, WarnOncePerKind
-from semseg_ros.node_core import (
-    ALL_OUTPUTS,
+from semseg_ros.node.core import ALL_OUTPUTS, FrameProcessor, Outputs, load_segmenter
+from semseg_ros.node.params import (
     COLOR_ENCODINGS,
     NODE_NAME,
     OUTPUT_TOPICS,
-    FrameProcessor,
     NodeParams,
     NodeStartupError,
-    Outputs,
     ParamError,
-    load_segmenter,
 )
 from semseg_ros.topic_names import TopicNameError, resolve_topic
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from semseg_ros.labels import LYFT13
 from semseg_ros.metrics import ConfusionMatrix
-from semseg_ros.node_core import DIAGNOSTICS_PERIOD_S
+from semseg_ros.node.params import DIAGNOSTICS_PERIOD_S
 from semseg_ros.ros_env import isolated_environment, random_domain_id, share_file
 from semseg_ros.visualize import contact_sheet, fit_width, label_panel, write_rgb
 

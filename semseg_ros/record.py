@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from semseg_ros.cli_args import require_positive
-from semseg_ros.node_core import DIAGNOSTICS_TOPIC, NODE_NAME, OUTPUT_TOPICS
+from semseg_ros.node.params import DIAGNOSTICS_TOPIC, NODE_NAME, OUTPUT_TOPICS
 from semseg_ros.stop_signal import StopSignal
 
 _TYPE_BY_LAST_NAME = {

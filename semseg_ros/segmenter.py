@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,73 +51,6 @@ class SegmentResult:
 
     ids: np.ndarray
     timings: Timings
-
-
-class LatencyStats:
-    """Rolling latency percentiles and rate over the last ``window`` samples (seconds).
-
-    The node's latency and processing-time statistic (``/diagnostics``, in
-    :mod:`semseg_ros.node_core`). Thread-safe: the node's worker adds while its diagnostics
-    timer reads. ``add`` is O(1); the read-outs copy and sort the window.
-    """
-
-    def __init__(self, window: int = 1000) -> None:
-        if window < 1:
-            raise ValueError(f'window must be >= 1, got {window}')
-        self._samples: deque[float] = deque(maxlen=window)
-        self._stamps: deque[float] = deque(maxlen=window)
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def add(self, seconds: float, *, stamp: float | None = None) -> None:
-        with self._lock:
-            self._samples.append(float(seconds))
-            self._stamps.append(time.monotonic() if stamp is None else stamp)
-            self.count += 1
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._samples)
-
-    def _values(self) -> np.ndarray:
-        with self._lock:
-            return np.array(self._samples, np.float64)
-
-    def percentile(self, q: float) -> float:
-        """The ``q``-th percentile (0..100) in seconds; NaN before any sample."""
-        values = self._values()
-        return float(np.percentile(values, q)) if values.size else float('nan')
-
-    @property
-    def p50(self) -> float:
-        return self.percentile(50)
-
-    @property
-    def p99(self) -> float:
-        return self.percentile(99)
-
-    def rate(self) -> float:
-        """Samples per second over the window's time span (NaN with < 2 samples)."""
-        with self._lock:
-            stamps = list(self._stamps)
-        if len(stamps) < 2 or stamps[-1] <= stamps[0]:
-            return float('nan')
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
-
-    def summary(self, scale: float = 1e3) -> dict[str, float]:
-        """p50 / p90 / p99 / mean / max (milliseconds by default) and the count."""
-        values = self._values() * scale
-        if not values.size:
-            return {'count': 0}
-        p50, p90, p99 = np.percentile(values, [50, 90, 99])
-        return {
-            'count': self.count,
-            'p50': float(p50),
-            'p90': float(p90),
-            'p99': float(p99),
-            'mean': float(values.mean()),
-            'max': float(values.max()),
-        }
 
 
 class Segmenter:

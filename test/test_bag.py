@@ -14,7 +14,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from semseg_ros import bag
 from semseg_ros.labels import LYFT13
-from semseg_ros.node_core import FrameProcessor, Outputs
+from semseg_ros.node.core import FrameProcessor, Outputs
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 T = TYPESTORE.types

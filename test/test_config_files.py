@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from semseg_ros.node_core import NODE_NAME, OUTPUT_TOPICS, PARAMETERS, NodeParams
+from semseg_ros.node.params import NODE_NAME, OUTPUT_TOPICS, PARAMETERS, NodeParams
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'config'

@@ -17,7 +17,7 @@ pytest.importorskip('rclpy', reason="the graph needs rclpy (pip install -e '.[ro
 from ros_graph import REPO, Process, graph_environment, read_bag, stamp
 from test_bag import export_tiny_model  # shared helper
 
-from semseg_ros.node_core import DIAGNOSTICS_PERIOD_S
+from semseg_ros.node.params import DIAGNOSTICS_PERIOD_S
 from training.data.synthetic import SynthConfig, generate_dataset
 
 CAMERA = '/carla/ego_vehicle/rgb_front/image'

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from semseg_ros.node_core import GROUND_TRUTH_TOPIC, INPUT_TOPIC, NODE_NAME
+from semseg_ros.node.params import GROUND_TRUTH_TOPIC, INPUT_TOPIC, NODE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = {p.name: p for p in sorted((REPO / 'launch').glob('*.launch.py'))}

@@ -29,9 +29,10 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_bag import export_tiny_model  # noqa: E402
 
+from semseg_ros.ground_truth import OnlineIoU  # noqa: E402
 from semseg_ros.labels import CARLA23, LYFT13, remap  # noqa: E402
+from semseg_ros.node.params import PARAMETERS, NodeParams  # noqa: E402
 from semseg_ros.node.ros_node import SemsegNode  # noqa: E402
-from semseg_ros.node_core import PARAMETERS, NodeParams, OnlineIoU  # noqa: E402
 from semseg_ros.segmenter import Segmenter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

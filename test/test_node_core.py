@@ -15,30 +15,21 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
+from semseg_ros.ground_truth import GroundTruthMatcher, OnlineIoU
 from semseg_ros.imaging import ImageFields, image_to_array
 from semseg_ros.labels import CARLA23, LYFT13, ClassSet
-from semseg_ros.node_core import (
+from semseg_ros.node.core import (
     ALL_OUTPUTS,
-    ERROR,
     NO_OUTPUTS,
-    OK,
-    PARAMETERS,
-    WARN,
     FrameProcessor,
     FrameWorker,
-    GroundTruthMatcher,
-    LatencyStats,
     LatestFrameSlot,
     NodeCore,
-    NodeParams,
-    NodeStartupError,
-    OnlineIoU,
     Outputs,
-    ParamError,
-    RateMeter,
-    diagnostics_status,
-    stamp_of,
 )
+from semseg_ros.node.diagnostics import ERROR, OK, WARN, diagnostics_status
+from semseg_ros.node.params import PARAMETERS, NodeParams, NodeStartupError, ParamError
+from semseg_ros.node.statistics import LatencyStats, RateMeter, stamp_of
 from semseg_ros.visualize import overlay
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / 'config'

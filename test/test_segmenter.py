@@ -12,8 +12,9 @@ from test_export import CROP, INPUT_SIZE, export_tiny
 
 from semseg_ros import segmenter as segmenter_module
 from semseg_ros.labels import LYFT13
+from semseg_ros.node.statistics import LatencyStats
 from semseg_ros.pipeline import prepare, restore_ids
-from semseg_ros.segmenter import LatencyStats, Segmenter
+from semseg_ros.segmenter import Segmenter
 from semseg_ros.visualize import overlay
 from training.checkpoint import load_checkpoint
 

@@ -38,7 +38,8 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
-from semseg_ros.node_core import (
+from semseg_ros.node.core import FrameWorker, NodeCore, Outputs, ProcessedFrame
+from semseg_ros.node.params import (
     BUILTIN_PARAMETERS,
     DIAGNOSTICS_PERIOD_S,
     DIAGNOSTICS_TOPIC,
@@ -48,11 +49,7 @@ from semseg_ros.node_core import (
     OUTPUT_QOS_DEPTH,
     OUTPUT_TOPICS,
     PARAMETERS,
-    FrameWorker,
-    NodeCore,
     NodeStartupError,
-    Outputs,
-    ProcessedFrame,
 )
 from semseg_ros.ros_env import use_fastdds_profile
 

@@ -18,28 +18,25 @@ dropped as stale (a newer one replaced it in the slot), dropped as bad input, fa
 Messages are read by duck typing (``msg.header.stamp.sec``, ``ImageFields.from_msg``), so
 rclpy and rosbags messages both work; the header object is passed through untouched.
 
-Parameters are one table, :class:`NodeParams` (its dataclass fields, with defaults and
-descriptions, listed as :data:`PARAMETERS`); the node declares them with rclpy, which reads
-the params file and the command line, and validates what it hands back here.
+Beside it: :mod:`~semseg_ros.node.params` (the parameter table),
+:mod:`~semseg_ros.node.statistics` (rates, latency), :mod:`~semseg_ros.node.diagnostics` (the
+status) and :mod:`semseg_ros.ground_truth` (matching and online IoU).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from semseg_ros.devices import DEVICE_HELP, parse_device
-from semseg_ros.engines import BACKENDS  # light: backends import their library lazily
+from semseg_ros.ground_truth import GroundTruthMatcher, OnlineIoU
 from semseg_ros.imaging import (
     ImageFields,
     ImageFormatError,
@@ -48,171 +45,23 @@ from semseg_ros.imaging import (
     frame_to_rgb,
     from_rgb,
 )
-from semseg_ros.labels import ClassSet, ClassSetError, get_class_set, mapping_lut
-from semseg_ros.metrics import ConfusionMatrix
-from semseg_ros.segmenter import LatencyStats
+from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
+from semseg_ros.node.diagnostics import diagnostics_status
+from semseg_ros.node.params import (
+    COLOR_ENCODINGS,
+    GROUND_TRUTH_TOPIC,
+    INPUT_TOPIC,
+    NODE_NAME,
+    OUTPUT_TOPICS,
+    NodeParams,
+    NodeStartupError,
+    ParamError,
+    check_choice,
+)
+from semseg_ros.node.statistics import LatencyStats, RateMeter, stamp_of, stamp_to_ns
 from semseg_ros.visualize import overlay as blend
 
-NODE_NAME = 'semseg_node'
-INPUT_TOPIC = 'image'
-GROUND_TRUTH_TOPIC = 'ground_truth'
-#: Output name -> topic (private names: ``/<namespace>/semseg_node/mask`` and so on).
-OUTPUT_TOPICS: dict[str, str] = {'mask': '~/mask', 'color': '~/color', 'overlay': '~/overlay'}
-DIAGNOSTICS_TOPIC = '/diagnostics'
-DIAGNOSTICS_PERIOD_S = 1.0
-#: Outputs are published RELIABLE with this depth, like the bridge's cameras, so reliable
-#: subscribers (rviz2's default, rosbag record) and best-effort ones both match.
-OUTPUT_QOS_DEPTH = 10
-
-COLOR_ENCODINGS = ('rgb8', 'bgr8')
-QOS_RELIABILITIES = ('best_available', 'reliable', 'best_effort')
-
-# diagnostic_msgs/DiagnosticStatus levels.
-OK, WARN, ERROR, STALE = 0, 1, 2, 3
-
 T = TypeVar('T')
-Stamp = tuple[int, int]  # (sec, nanosec) of a builtin_interfaces/Time
-
-
-class ParamError(ValueError):
-    """A node parameter or params file is invalid; the message names it, its value and the fix."""
-
-
-class NodeStartupError(RuntimeError):
-    """The node cannot start (e.g. no model at ``model_path``); the adapter exits with it."""
-
-
-# --- Parameters -------------------------------------------------------------------------------
-
-
-def _param(default: Any, description: str) -> Any:
-    return field(default=default, metadata={'description': description})
-
-
-@dataclass(frozen=True)
-class NodeParams:
-    """Every node parameter with its default and description, validated on construction.
-
-    Field order is declaration order. Build it from a params file with :meth:`from_yaml`,
-    from a parsed document or a flat ``{name: value}`` mapping with :meth:`from_mapping`.
-    """
-
-    model_path: str = _param(
-        '',
-        'Model to load: an exported .onnx (its metadata gives the class set, input size and '
-        'normalization), a TensorRT .engine or a checkpoint. Required.',
-    )
-    backend: str = _param(
-        'auto',
-        f'Inference backend: one of {", ".join(BACKENDS)}; auto picks TensorRT, then '
-        'onnxruntime, by what is installed.',
-    )
-    device: str = _param('auto', 'Device: auto, cpu, cuda or cuda:<index>.')
-    class_set: str = _param(
-        '',
-        "Class set for the palette: empty = the model's own (from its metadata); else a "
-        'built-in name (lyft13, carla23, cityscapes29) or a class-set YAML with as many classes.',
-    )
-    color_encoding: str = _param(
-        'rgb8', 'Encoding of ~/color and ~/overlay: rgb8 or bgr8 (mask is always mono8).'
-    )
-    overlay_alpha: float = _param(
-        0.5, 'Weight of the colour mask in ~/overlay, 0 (image only) to 1 (mask only).'
-    )
-    qos_reliability: str = _param(
-        'best_available',
-        'Reliability of the image subscriptions: best_available (reliable when the publishers '
-        'are, like the CARLA bridge: nothing lost; best effort for best-effort cameras; '
-        'Humble has no such policy and uses reliable), reliable, or best_effort (matches every '
-        'publisher, but loses most large frames from a reliable one).',
-    )
-    qos_depth: int = _param(
-        5,
-        'History depth of the image subscriptions. The callback only moves a frame into the '
-        'newest-frame slot (stale ones are dropped and counted there), so the history just '
-        'absorbs executor stalls: DDS overwrites a full history without telling anyone.',
-    )
-    ground_truth: bool = _param(
-        False,
-        'Subscribe ground_truth (the CARLA semantic segmentation camera, palette colours) '
-        'and report online per-class IoU / mIoU on /diagnostics.',
-    )
-    gt_class_set: str = _param(
-        'carla23',
-        'Class set of the ground-truth palette: carla23 for the released bridge (CARLA '
-        '0.9.13), cityscapes29 for CARLA 0.9.14+, lyft13 for CARLA <= 0.9.9.',
-    )
-    use_sim_time: bool = _param(
-        False, 'Use /clock (simulation time) for stamps and latency; set true with CARLA.'
-    )
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), f.default)
-        object.__setattr__(self, 'overlay_alpha', float(self.overlay_alpha))
-        _check_choice('backend', self.backend, BACKENDS)
-        try:
-            object.__setattr__(self, 'device', parse_device(self.device))
-        except ValueError as err:
-            msg = f'device {self.device!r} is not valid: use one of {DEVICE_HELP}'
-            raise ParamError(msg) from err
-        _check_choice('color_encoding', self.color_encoding, COLOR_ENCODINGS)
-        if not 0.0 <= self.overlay_alpha <= 1.0:
-            msg = f'overlay_alpha {self.overlay_alpha} is outside 0..1: use e.g. 0.5'
-            raise ParamError(msg)
-        _check_choice('qos_reliability', self.qos_reliability, QOS_RELIABILITIES)
-        if self.qos_depth < 1:
-            msg = f'qos_depth {self.qos_depth} must be at least 1 (1 = newest frame only)'
-            raise ParamError(msg)
-        for name in ('class_set', 'gt_class_set'):
-            value = getattr(self, name)
-            if value or name == 'gt_class_set':
-                try:
-                    get_class_set(value)
-                except ClassSetError as err:
-                    raise ParamError(f'{name}: {err}') from err
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> NodeParams:
-        """From a flat ``{parameter: value}`` mapping (what rclpy hands back after declaring
-        them); an unknown name is an error that lists the valid ones."""
-        if not isinstance(data, Mapping):
-            raise ParamError(f'parameters must be a mapping, got {type(data).__name__}')
-        values = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            msg = f'unknown parameter(s) {unknown} for {NODE_NAME}; valid: {sorted(known)}'
-            raise ParamError(msg)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _check_type(name: str, value: Any, default: Any) -> None:
-    kind = type(default)
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        msg = f'{name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})'
-        raise ParamError(msg)
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ParamError(f'{name} {value!r} is not valid: use one of {", ".join(choices)}')
-
-
-PARAMETERS: tuple[dataclasses.Field, ...] = dataclasses.fields(NodeParams)
-"""The parameters in declaration order: ``.name``, ``.default``, ``.metadata['description']``."""
-
-#: Declared by rclpy itself: read it, never declare it again.
-BUILTIN_PARAMETERS = frozenset({'use_sim_time'})
 
 
 # --- Real time: newest frame wins -------------------------------------------------------------
@@ -271,164 +120,6 @@ class LatestFrameSlot(Generic[T]):
     def pending(self) -> int:
         """1 while an item waits to be taken, else 0."""
         return int(self._full)
-
-
-# --- Statistics for /diagnostics ----------------------------------------------------------
-
-
-class RateMeter:
-    """Events per second over the last ``window_s`` seconds (thread-safe)."""
-
-    def __init__(self, window_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
-        if window_s <= 0:
-            raise ValueError(f'window_s must be positive, got {window_s}')
-        self.window_s = window_s
-        self._clock = clock
-        self._times: deque[float] = deque()
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def tick(self, now: float | None = None) -> None:
-        now = self._clock() if now is None else now
-        with self._lock:
-            self._times.append(now)
-            self.count += 1
-            self._prune(now)
-
-    def _prune(self, now: float) -> None:
-        while self._times and self._times[0] <= now - self.window_s:
-            self._times.popleft()
-
-    def rate(self, now: float | None = None) -> float:
-        """Hz from the spacing of the events in the window; 0 with fewer than two."""
-        now = self._clock() if now is None else now
-        with self._lock:
-            self._prune(now)
-            if len(self._times) < 2:
-                return 0.0
-            span = self._times[-1] - self._times[0]
-            return (len(self._times) - 1) / span if span > 0 else 0.0
-
-
-def stamp_of(header: Any) -> Stamp:
-    """``(sec, nanosec)`` of a std_msgs/Header (rclpy, rosbags or DDS); the match key."""
-    stamp = header.stamp
-    return int(stamp.sec), int(stamp.nanosec)
-
-
-def stamp_to_ns(stamp: Stamp) -> int:
-    return stamp[0] * 1_000_000_000 + stamp[1]
-
-
-# --- Ground truth ----------------------------------------------------------------------------
-
-
-class GroundTruthMatcher(Generic[T]):
-    """Pairs predictions with ground-truth frames of the same stamp, in bounded memory.
-
-    CARLA stamps every sensor of a tick with the same time, so an exact ``(sec, nanosec)``
-    match is right. Either side may come first (rosbag play reorders topics), so each side
-    waits in its own bounded buffer; when a buffer is full its oldest entry is evicted and
-    counted as unmatched. Items are opaque (keep the raw message: decode only matched GT).
-    """
-
-    def __init__(self, capacity: int = 30) -> None:
-        if capacity < 1:
-            raise ValueError(f'capacity must be at least 1, got {capacity}')
-        self.capacity = capacity
-        self._gt: OrderedDict[Stamp, Any] = OrderedDict()
-        self._pred: OrderedDict[Stamp, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.matched = 0
-        self.unmatched_ground_truth = 0
-        self.unmatched_predictions = 0
-
-    def add_ground_truth(self, stamp: Stamp, gt: T) -> tuple[Any, T] | None:
-        """Keep ``gt``; ``(prediction, gt)`` if a prediction of this stamp was waiting."""
-        with self._lock:
-            pred = self._pred.pop(stamp, None)
-            if pred is not None:
-                self.matched += 1
-                return pred, gt
-            self.unmatched_ground_truth += self._store(self._gt, stamp, gt)
-        return None
-
-    def add_prediction(self, stamp: Stamp, pred: Any) -> tuple[Any, T] | None:
-        """Keep ``pred``; ``(pred, ground truth)`` if ground truth of this stamp was waiting."""
-        with self._lock:
-            gt = self._gt.pop(stamp, None)
-            if gt is not None:
-                self.matched += 1
-                return pred, gt
-            self.unmatched_predictions += self._store(self._pred, stamp, pred)
-        return None
-
-    def _store(self, buffer: OrderedDict[Stamp, Any], stamp: Stamp, item: Any) -> int:
-        replaced = stamp in buffer  # a repeated stamp: the newer copy wins
-        buffer[stamp] = item
-        buffer.move_to_end(stamp)
-        evicted = int(replaced)
-        while len(buffer) > self.capacity:
-            buffer.popitem(last=False)
-            evicted += 1
-        return evicted
-
-    @property
-    def pending(self) -> tuple[int, int]:
-        """``(ground truth, predictions)`` waiting for their partner."""
-        with self._lock:
-            return len(self._gt), len(self._pred)
-
-
-class OnlineIoU:
-    """Running per-class IoU of a model's ids against palette ground truth (thread-safe).
-
-    Ground-truth colours -> ids of ``gt_class_set`` (unknown colours ignored) -> ids of the
-    model's set through :func:`~semseg_ros.labels.mapping_lut` -> one
-    :class:`~semseg_ros.metrics.ConfusionMatrix` over the model's classes.
-    """
-
-    def __init__(self, gt_class_set: ClassSet | str, model_class_set: ClassSet | str) -> None:
-        self.gt_class_set = get_class_set(gt_class_set)
-        self.model_class_set = get_class_set(model_class_set)
-        self.lut = mapping_lut(self.gt_class_set, self.model_class_set)  # (256,) uint8
-        self._cm = ConfusionMatrix(self.model_class_set.num_classes)
-        self._lock = threading.Lock()
-        self.frames = 0
-
-    def gt_ids(self, gt_rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 palette RGB -> (H, W) uint8 model ids (255 = not counted)."""
-        return self.lut[self.gt_class_set.color_to_id(gt_rgb)]
-
-    def update(self, pred_ids: np.ndarray, gt_rgb: np.ndarray) -> None:
-        """Add one frame: ``pred_ids`` (H, W) uint8 model ids, ``gt_rgb`` (H, W, 3) palette."""
-        if pred_ids.shape != gt_rgb.shape[:2]:
-            msg = (
-                f'ground truth is {gt_rgb.shape[1]}x{gt_rgb.shape[0]} but the camera '
-                f'{pred_ids.shape[1]}x{pred_ids.shape[0]}: give the segmentation camera the '
-                'same image_size_x/y, fov and spawn_point as the RGB camera'
-            )
-            raise ImageFormatError('size', msg)
-        target = self.gt_ids(gt_rgb)
-        with self._lock:
-            self._cm.update(pred_ids, target)
-            self.frames += 1
-
-    def iou(self) -> np.ndarray:
-        with self._lock:
-            return self._cm.iou()
-
-    def miou(self) -> float:
-        with self._lock:
-            return self._cm.miou()
-
-    def per_class(self) -> dict[str, float]:
-        """``{class name: IoU}`` for the classes seen so far (NaN ones left out)."""
-        return {
-            name: float(value)
-            for name, value in zip(self.model_class_set.names, self.iou(), strict=True)
-            if not math.isnan(value)
-        }
 
 
 # --- Per frame ---------------------------------------------------------------------------------
@@ -506,7 +197,7 @@ class FrameProcessor:
         overlay_alpha: float = 0.5,
         palette: ClassSet | None = None,
     ) -> None:
-        _check_choice('color_encoding', color_encoding, COLOR_ENCODINGS)
+        check_choice('color_encoding', color_encoding, COLOR_ENCODINGS)
         self.segmenter = segmenter
         self.color_encoding = color_encoding
         self.overlay_alpha = float(overlay_alpha)
@@ -825,107 +516,6 @@ class NodeCore:
             per_class_iou=per_class,
             ground_truth=gt,
         )
-
-
-def _ms(seconds: float) -> str:
-    return 'n/a' if math.isnan(seconds) else f'{seconds * 1e3:.1f}'
-
-
-def diagnostics_status(
-    *,
-    name: str,
-    input_rate: float,
-    output_rate: float,
-    latency: LatencyStats,
-    processing: LatencyStats,
-    received: int,
-    dropped_stale: int,
-    lost_in_transport: int = 0,
-    published: int | None = None,
-    pending: int = 0,
-    dropped_bad: Mapping[str, int],
-    backend: str,
-    model: str,
-    class_set: str,
-    failed: int = 0,
-    skipped: int = 0,
-    new_frames: int = 1,
-    new_bad: int = 0,
-    new_failed: int = 0,
-    new_skipped: int = 0,
-    new_lost: int = 0,
-    hardware_id: str = '',
-    miou: float | None = None,
-    per_class_iou: Mapping[str, float] | None = None,
-    ground_truth: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A diagnostic_msgs/DiagnosticStatus as plain data.
-
-    Returns ``{'level': int, 'name', 'message', 'hardware_id', 'values': [(key, value)]}``,
-    every value a string. The level is ERROR when frames failed (a bug: see the log) since
-    the last report, WARN when no frame arrived since the last report or
-    malformed frames were dropped since then, else OK (saying so when every frame since the
-    last report was skipped because no output had a subscriber). The adapter converts it to
-    its own
-    message type (rclpy's ``level`` is ``bytes([level])``; rosbags' an int).
-    """
-    values: list[tuple[str, str]] = [
-        ('input rate (Hz)', f'{input_rate:.2f}'),
-        ('output rate (Hz)', f'{output_rate:.2f}'),
-        ('latency stamp to publish p50 (ms)', _ms(latency.p50)),
-        ('latency stamp to publish p99 (ms)', _ms(latency.p99)),
-        ('processing p50 (ms)', _ms(processing.p50)),
-        ('processing p99 (ms)', _ms(processing.p99)),
-        ('frames lost in transport', str(lost_in_transport)),
-        ('frames received', str(received)),
-        *([('frames published', str(published))] if published is not None else []),
-        ('frames pending', str(pending)),
-        ('frames dropped (stale)', str(dropped_stale)),
-        ('frames failed', str(failed)),
-        ('frames skipped (no subscriber)', str(skipped)),
-        ('frames dropped (bad input)', str(sum(dropped_bad.values()))),
-        *((f'frames dropped ({kind})', str(n)) for kind, n in sorted(dropped_bad.items())),
-        ('backend', backend),
-        ('model', model),
-        ('class set', class_set),
-    ]
-    if ground_truth is not None:
-        values += [
-            ('ground truth class set', str(ground_truth.get('class_set', ''))),
-            ('ground truth frames scored', str(ground_truth.get('frames', 0))),
-            ('ground truth unmatched', str(ground_truth.get('unmatched', 0))),
-            ('ground truth dropped (bad)', str(ground_truth.get('bad', 0))),
-            ('ground truth lost in transport', str(ground_truth.get('lost', 0))),
-            ('mIoU', 'n/a' if miou is None or math.isnan(miou) else f'{miou:.4f}'),
-        ]
-        values += [(f'IoU {cls}', f'{v:.4f}') for cls, v in (per_class_iou or {}).items()]
-    if new_failed:
-        level, message = ERROR, f'{new_failed} frame(s) failed since the last report: see log'
-    elif new_lost:
-        level = WARN
-        message = (
-            f'{new_lost} frame(s) lost in transport since the last report: a best-effort '
-            'subscription to large images, or a publisher history too short'
-        )
-    elif new_frames == 0:
-        level, message = WARN, f'no images on {INPUT_TOPIC!r} since the last report'
-    elif new_bad:
-        level, message = WARN, f'{new_bad} malformed frame(s) dropped since the last report'
-    elif new_skipped == new_frames:
-        level = OK
-        message = f'idle: no subscriber on any output ({new_skipped} frame(s) not processed)'
-    else:
-        level = OK
-        message = f'{output_rate:.1f} Hz out, p50 latency {_ms(latency.p50)} ms'
-        if miou is not None and not math.isnan(miou):
-            message += f', mIoU {miou:.3f}'
-    return {
-        'level': level,
-        'name': name,
-        'message': message,
-        'hardware_id': hardware_id,
-        'values': values,
-    }
 
 
 class FrameWorker(threading.Thread):

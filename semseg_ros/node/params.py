@@ -1,0 +1,170 @@
+"""The node's parameters: one table, :class:`NodeParams`, with defaults and descriptions.
+
+The rclpy node declares every field as a read-only ROS parameter (rclpy reads the params
+file and the command line) and validates what it hands back here; ``config/semseg.yaml``
+lists them all. Topic names and QoS constants the node, the tools and the tests share live
+here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from semseg_ros.devices import DEVICE_HELP, parse_device
+from semseg_ros.engines import BACKENDS  # light: backends import their library lazily
+from semseg_ros.labels import ClassSetError, get_class_set
+
+NODE_NAME = 'semseg_node'
+INPUT_TOPIC = 'image'
+GROUND_TRUTH_TOPIC = 'ground_truth'
+#: Output name -> topic (private names: ``/<namespace>/semseg_node/mask`` and so on).
+OUTPUT_TOPICS: dict[str, str] = {'mask': '~/mask', 'color': '~/color', 'overlay': '~/overlay'}
+DIAGNOSTICS_TOPIC = '/diagnostics'
+DIAGNOSTICS_PERIOD_S = 1.0
+#: Outputs are published RELIABLE with this depth, like the bridge's cameras, so reliable
+#: subscribers (rviz2's default, rosbag record) and best-effort ones both match.
+OUTPUT_QOS_DEPTH = 10
+
+COLOR_ENCODINGS = ('rgb8', 'bgr8')
+QOS_RELIABILITIES = ('best_available', 'reliable', 'best_effort')
+
+
+class ParamError(ValueError):
+    """A node parameter or params file is invalid; the message names it, its value and the fix."""
+
+
+class NodeStartupError(RuntimeError):
+    """The node cannot start (e.g. no model at ``model_path``); the adapter exits with it."""
+
+
+def _param(default: Any, description: str) -> Any:
+    return field(default=default, metadata={'description': description})
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """Every node parameter with its default and description, validated on construction.
+
+    Field order is declaration order. Build it from a params file with :meth:`from_yaml`,
+    from a parsed document or a flat ``{name: value}`` mapping with :meth:`from_mapping`.
+    """
+
+    model_path: str = _param(
+        '',
+        'Model to load: an exported .onnx (its metadata gives the class set, input size and '
+        'normalization), a TensorRT .engine or a checkpoint. Required.',
+    )
+    backend: str = _param(
+        'auto',
+        f'Inference backend: one of {", ".join(BACKENDS)}; auto picks TensorRT, then '
+        'onnxruntime, by what is installed.',
+    )
+    device: str = _param('auto', 'Device: auto, cpu, cuda or cuda:<index>.')
+    class_set: str = _param(
+        '',
+        "Class set for the palette: empty = the model's own (from its metadata); else a "
+        'built-in name (lyft13, carla23, cityscapes29) or a class-set YAML with as many classes.',
+    )
+    color_encoding: str = _param(
+        'rgb8', 'Encoding of ~/color and ~/overlay: rgb8 or bgr8 (mask is always mono8).'
+    )
+    overlay_alpha: float = _param(
+        0.5, 'Weight of the colour mask in ~/overlay, 0 (image only) to 1 (mask only).'
+    )
+    qos_reliability: str = _param(
+        'best_available',
+        'Reliability of the image subscriptions: best_available (reliable when the publishers '
+        'are, like the CARLA bridge: nothing lost; best effort for best-effort cameras; '
+        'Humble has no such policy and uses reliable), reliable, or best_effort (matches every '
+        'publisher, but loses most large frames from a reliable one).',
+    )
+    qos_depth: int = _param(
+        5,
+        'History depth of the image subscriptions. The callback only moves a frame into the '
+        'newest-frame slot (stale ones are dropped and counted there), so the history just '
+        'absorbs executor stalls: DDS overwrites a full history without telling anyone.',
+    )
+    ground_truth: bool = _param(
+        False,
+        'Subscribe ground_truth (the CARLA semantic segmentation camera, palette colours) '
+        'and report online per-class IoU / mIoU on /diagnostics.',
+    )
+    gt_class_set: str = _param(
+        'carla23',
+        'Class set of the ground-truth palette: carla23 for the released bridge (CARLA '
+        '0.9.13), cityscapes29 for CARLA 0.9.14+, lyft13 for CARLA <= 0.9.9.',
+    )
+    use_sim_time: bool = _param(
+        False, 'Use /clock (simulation time) for stamps and latency; set true with CARLA.'
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), f.default)
+        object.__setattr__(self, 'overlay_alpha', float(self.overlay_alpha))
+        check_choice('backend', self.backend, BACKENDS)
+        try:
+            object.__setattr__(self, 'device', parse_device(self.device))
+        except ValueError as err:
+            msg = f'device {self.device!r} is not valid: use one of {DEVICE_HELP}'
+            raise ParamError(msg) from err
+        check_choice('color_encoding', self.color_encoding, COLOR_ENCODINGS)
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            msg = f'overlay_alpha {self.overlay_alpha} is outside 0..1: use e.g. 0.5'
+            raise ParamError(msg)
+        check_choice('qos_reliability', self.qos_reliability, QOS_RELIABILITIES)
+        if self.qos_depth < 1:
+            msg = f'qos_depth {self.qos_depth} must be at least 1 (1 = newest frame only)'
+            raise ParamError(msg)
+        for name in ('class_set', 'gt_class_set'):
+            value = getattr(self, name)
+            if value or name == 'gt_class_set':
+                try:
+                    get_class_set(value)
+                except ClassSetError as err:
+                    raise ParamError(f'{name}: {err}') from err
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> NodeParams:
+        """From a flat ``{parameter: value}`` mapping (what rclpy hands back after declaring
+        them); an unknown name is an error that lists the valid ones."""
+        if not isinstance(data, Mapping):
+            raise ParamError(f'parameters must be a mapping, got {type(data).__name__}')
+        values = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            msg = f'unknown parameter(s) {unknown} for {NODE_NAME}; valid: {sorted(known)}'
+            raise ParamError(msg)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(name: str, value: Any, default: Any) -> None:
+    kind = type(default)
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        msg = f'{name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})'
+        raise ParamError(msg)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ParamError(f'{name} {value!r} is not valid: use one of {", ".join(choices)}')
+
+
+PARAMETERS: tuple[dataclasses.Field, ...] = dataclasses.fields(NodeParams)
+"""The parameters in declaration order: ``.name``, ``.default``, ``.metadata['description']``."""
+
+#: Declared by rclpy itself: read it, never declare it again.
+BUILTIN_PARAMETERS = frozenset({'use_sim_time'})

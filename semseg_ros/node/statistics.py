@@ -1,0 +1,124 @@
+"""Rates, latency percentiles and header stamps: the numbers /diagnostics reports."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Stamp = tuple[int, int]  # (sec, nanosec) of a builtin_interfaces/Time
+
+
+class RateMeter:
+    """Events per second over the last ``window_s`` seconds (thread-safe)."""
+
+    def __init__(self, window_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if window_s <= 0:
+            raise ValueError(f'window_s must be positive, got {window_s}')
+        self.window_s = window_s
+        self._clock = clock
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def tick(self, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._times.append(now)
+            self.count += 1
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._times and self._times[0] <= now - self.window_s:
+            self._times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        """Hz from the spacing of the events in the window; 0 with fewer than two."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._prune(now)
+            if len(self._times) < 2:
+                return 0.0
+            span = self._times[-1] - self._times[0]
+            return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+def stamp_of(header: Any) -> Stamp:
+    """``(sec, nanosec)`` of a std_msgs/Header (rclpy, rosbags or DDS); the match key."""
+    stamp = header.stamp
+    return int(stamp.sec), int(stamp.nanosec)
+
+
+def stamp_to_ns(stamp: Stamp) -> int:
+    return stamp[0] * 1_000_000_000 + stamp[1]
+
+
+class LatencyStats:
+    """Rolling latency percentiles and rate over the last ``window`` samples (seconds).
+
+    The node's latency and processing-time statistic (``/diagnostics``, in
+    :mod:`semseg_ros.node_core`). Thread-safe: the node's worker adds while its diagnostics
+    timer reads. ``add`` is O(1); the read-outs copy and sort the window.
+    """
+
+    def __init__(self, window: int = 1000) -> None:
+        if window < 1:
+            raise ValueError(f'window must be >= 1, got {window}')
+        self._samples: deque[float] = deque(maxlen=window)
+        self._stamps: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, seconds: float, *, stamp: float | None = None) -> None:
+        with self._lock:
+            self._samples.append(float(seconds))
+            self._stamps.append(time.monotonic() if stamp is None else stamp)
+            self.count += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._samples)
+
+    def _values(self) -> np.ndarray:
+        with self._lock:
+            return np.array(self._samples, np.float64)
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0..100) in seconds; NaN before any sample."""
+        values = self._values()
+        return float(np.percentile(values, q)) if values.size else float('nan')
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(99)
+
+    def rate(self) -> float:
+        """Samples per second over the window's time span (NaN with < 2 samples)."""
+        with self._lock:
+            stamps = list(self._stamps)
+        if len(stamps) < 2 or stamps[-1] <= stamps[0]:
+            return float('nan')
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    def summary(self, scale: float = 1e3) -> dict[str, float]:
+        """p50 / p90 / p99 / mean / max (milliseconds by default) and the count."""
+        values = self._values() * scale
+        if not values.size:
+            return {'count': 0}
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return {
+            'count': self.count,
+            'p50': float(p50),
+            'p90': float(p90),
+            'p99': float(p99),
+            'mean': float(values.mean()),
+            'max': float(values.max()),
+        }
