@@ -138,9 +138,19 @@ def node_command(model: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_graph(model: Path, drive_dir: Path, bag: Path, *, log_dir: Path, rate: float) -> None:
-    """replay -> node -> recorder in a ROS domain of their own; each must exit 0."""
-    env = dict(isolated_environment(random_domain_id()), PYTHONUNBUFFERED='1')
+def run_graph(
+    model: Path,
+    drive_dir: Path,
+    bag: Path,
+    *,
+    log_dir: Path,
+    rate: float,
+    domain_id: int | None = None,
+) -> None:
+    """replay -> node -> recorder in a ROS domain of their own (``domain_id``, default a
+    random one); each must exit 0."""
+    domain = random_domain_id() if domain_id is None else domain_id
+    env = dict(isolated_environment(domain), PYTHONUNBUFFERED='1')
     children: list[ChildProcess] = []
     try:
         node = ChildProcess('node', node_command(model), env=env, log_dir=log_dir)
@@ -245,6 +255,7 @@ def run_demo(
     frames: int = 80,
     seed: int = 7,
     rate: float = SIM_HZ,
+    domain_id: int | None = None,
 ) -> dict:
     """Run every step and return the metrics (also written to ``out/metrics.json``)."""
     from training.data.check import check_dataset, write_report
@@ -268,7 +279,9 @@ def run_demo(
     # The graph: a synthetic drive through replay -> node -> recorder.
     drive_dir = generate_dataset(out / 'drive', frames, seed, mode='sequence', progress=True)
     samples = scan_dataset(drive_dir).samples
-    run_graph(model, drive_dir, out / 'outputs_bag', log_dir=out / 'logs', rate=rate)
+    run_graph(
+        model, drive_dir, out / 'outputs_bag', log_dir=out / 'logs', rate=rate, domain_id=domain_id
+    )
     outputs = read_outputs(out / 'outputs_bag')
     masks = outputs.masks
     if not masks:

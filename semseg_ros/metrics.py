@@ -92,6 +92,8 @@ class ConfusionMatrix:
         n = self.num_classes
         p = pred.reshape(-1)
         t = target.reshape(-1)
+        if p.dtype == t.dtype == np.uint8 and n < UNKNOWN_ID and (not p.size or p.max() < n):
+            return self._update_uint8(p, t)
         valid = t < n
         if t.dtype.kind == 'i':
             valid &= t >= 0
@@ -108,6 +110,17 @@ class ConfusionMatrix:
             )
             raise MetricsError(msg)
         self._matrix += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+        return self
+
+    def _update_uint8(self, p: np.ndarray, t: np.ndarray) -> ConfusionMatrix:
+        """``update`` for uint8 ids with every prediction in range (the node's per-frame case):
+        no masked copies; targets >= n (unknown, 255) land past the n x n block and drop out."""
+        n = self.num_classes
+        counts = np.bincount(t.astype(np.int32) * n + p, minlength=UNKNOWN_ID * n + n)
+        block = counts[: n * n].reshape(n, n)
+        if self.ignore_index is not None and 0 <= self.ignore_index < n:
+            block[self.ignore_index] = 0
+        self._matrix += block
         return self
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
