@@ -1,0 +1,32 @@
+"""``make bench`` at smoke size: every section runs and writes its rows (the figures themselves
+are measured on a quiet machine, not asserted here)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from semseg_ros import bench
+
+
+def run(tmp_path, *sections: str) -> list[dict]:
+    assert bench.main(['--quick', '--only', ','.join(sections), '--out', str(tmp_path)]) == 0
+    return json.loads((tmp_path / 'bench.json').read_text())['rows']
+
+
+def test_labels_section_times_the_lut_conversions(tmp_path):
+    rows = run(tmp_path, 'labels')
+    assert {r['case'] for r in rows} == {'id_to_color', 'color_to_id', 'remap carla23->lyft13'}
+    assert all(r['unit'] == 'ms' and r['median'] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_transport_section_compares_the_shipped_profile_with_fast_dds_defaults(tmp_path):
+    pytest.importorskip('rclpy', reason='ROS 2 is not installed: pip install -e .[ros]')
+    rows = {r['case']: r for r in run(tmp_path, 'transport')}
+    assert len(rows) == 4 and all('2 processes' in r['note'] for r in rows.values())
+    shipped = next(r for case, r in rows.items() if 'shipped profile, reliable' in case)
+    received, sent = map(int, re.search(r'received (\d+)/(\d+)', shipped['note']).groups())
+    assert received == sent and 'lost 0' in shipped['note']  # reliable: nothing lost
