@@ -28,6 +28,7 @@ ROS_PACKAGES = {
     'sensor_msgs',
     'std_msgs',
     'diagnostic_msgs',
+    'rosgraph_msgs',
     'launch',
     'launch_ros',
     'rviz2',
