@@ -12,8 +12,8 @@ GPU. Steps, in order:
 1. inventory: Python, platform, package versions (or why each one is missing),
    ``nvidia-smi``, torch's CUDA devices;
 2. ``pytest -m gpu`` (the GPU tests of the suite);
-3. a 2-minute ``gpu.yaml`` training run on synthetic data with AMP, killed-and-resumed,
-   then exported to ONNX (its checkpoint and ONNX feed the next steps);
+3. a 2-minute ``gpu.yaml`` training run on synthetic data with AMP (40 steps, then resumed
+   from last.pt to 60), exported to ONNX (its checkpoint and ONNX feed the next steps);
 4. ids agreement on rendered frames: torch CUDA FP32 / FP16 / channels_last / CUDA graphs,
    with the frame path on the device, against CPU onnxruntime (>= 99.9 % of pixels);
 5. a threaded call: the Segmenter driven from a worker thread (as the node does);
