@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell $(PYTHON) -c "import hashlib,pathlib;print(hashlib.sha1(pathlib.Path('setup.py').read_bytes()).hexdigest()[:10])")
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all demo test lint format bench model venv clean
+.PHONY: all demo test lint format bench model venv clean gpu-check
 
 all: test
 
@@ -45,6 +45,12 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/semseg bench --out runs/bench
+
+# The prepared GPU check (semseg_ros/gpu_check.py): any Python with a CUDA torch, no venv
+# needed, < 8 min; writes runs/gpu_check/gpu_check.json and .log. Exits at once without a GPU.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m semseg_ros.cli gpu-check --out runs/gpu_check
 
 # The shipped demo model: train with the default CPU config on synthetic data (~12 min on two
 # cores), evaluate it on its test split, export it to ONNX. models/README.md records a run.

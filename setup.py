@@ -27,8 +27,11 @@ TRAIN = [
     'onnx>=1.16',  # export: onnx.checker, graph edits; the runtime reads metadata without it
     'sympy',  # onnxruntime's quantization tools import it
 ]
-# TensorRT engines and GPU onnxruntime, for the GPU machine that runs the node.
-GPU = ['tensorrt>=10', 'pycuda>=2024.1', 'onnxruntime-gpu>=1.17']
+# TensorRT engines, for the GPU machine that runs the node. pycuda builds from source (no
+# binary wheel): it needs the CUDA toolkit (nvcc, cuda.h) and a C++ compiler (README, GPU).
+# onnxruntime-gpu is not listed: it and the runtime's onnxruntime install the same module and
+# overwrite each other; replace one with the other by hand (README, GPU).
+GPU = ['tensorrt>=10', 'pycuda>=2024.1']
 TEST = [
     'pytest>=8',
     'pytest-timeout>=2.3',

@@ -123,6 +123,10 @@ COMMANDS: CommandTree = {
         'semseg_ros.bench:main',
         'run the benchmarks and print a table (also written as JSON)',
     ),
+    'gpu-check': Command(
+        'semseg_ros.gpu_check:main',
+        'on a CUDA machine: GPU tests, train/resume/export, ids agreement, benchmark (JSON + log)',
+    ),
 }
 
 _DESCRIPTION = 'semseg_ros: real-time semantic segmentation for CARLA and ROS 2.'

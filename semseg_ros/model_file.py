@@ -11,17 +11,23 @@ inference session to learn what a file is). Writing happens at export time
 TensorRT engines are built from the ONNX on the machine that runs them and cached next to
 it under a name that holds everything that makes an engine unportable::
 
-    model.onnx -> model.<gpu>-sm<major><minor>-trt<version>-<precision>-<onnx sha256[:12]>.engine
+    model.onnx -> model.<gpu>-sm<major><minor>-trt<version>-<precision>-<profile>-<sha[:12]>.engine
                   model.<...>.engine.json   (the ONNX metadata + the build facts, the sidecar)
 
-so a changed GPU, TensorRT version, precision or ONNX file picks a new name (a rebuild).
+where ``<profile>`` is the optimization profile (``b8-64x32``: batch 1..8 at 64x32; a range
+of sizes as ``64x32to800x600``) and ``<sha>`` the hash of the ONNX file TensorRT parsed
+(the FP16 copy on TensorRT 11). A changed GPU, TensorRT version, precision, profile or ONNX
+file picks a new name (a rebuild). The sidecar is written first and atomically, the engine
+last; a cache entry counts only when both files are there.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -489,12 +495,46 @@ class EngineTarget:
         )
 
 
-def engine_cache_path(onnx_path: str | Path, target: EngineTarget, onnx_sha256: str) -> Path:
-    """Where the engine for ``onnx_path`` on ``target`` is cached (next to the ONNX)."""
+def profile_tag(
+    max_batch: int, input_size: tuple[int, int], max_size: tuple[int, int] | None = None
+) -> str:
+    """The optimization profile in a cache name: ``b8-64x32`` or ``b8-64x32to800x600``."""
+    width, height = input_size
+    max_w, max_h = max_size or input_size
+    max_w, max_h = max(width, max_w), max(height, max_h)
+    sizes = f'{width}x{height}'
+    if (max_w, max_h) != (width, height):
+        sizes += f'to{max_w}x{max_h}'
+    return f'b{int(max_batch)}-{sizes}'
+
+
+def engine_cache_path(
+    onnx_path: str | Path, target: EngineTarget, onnx_sha256: str, profile: str = ''
+) -> Path:
+    """Where the engine for ``onnx_path`` on ``target`` is cached (next to the ONNX).
+
+    ``onnx_sha256`` is the hash of the file TensorRT parsed; ``profile`` a :func:`profile_tag`.
+    """
     onnx_path = Path(onnx_path)
+    profile = f'-{profile}' if profile else ''
     return onnx_path.with_name(
-        f'{onnx_path.stem}.{target.tag()}-{onnx_sha256[:12]}{ENGINE_SUFFIX}'
+        f'{onnx_path.stem}.{target.tag()}{profile}-{onnx_sha256[:12]}{ENGINE_SUFFIX}'
     )
+
+
+def engine_cache_complete(engine_path: str | Path) -> bool:
+    """Whether a cached engine can be used: the engine and its sidecar both exist."""
+    return Path(engine_path).is_file() and sidecar_path(engine_path).is_file()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary file and a rename: readers see all of it or none."""
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.{threading.get_ident()}.tmp')
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -502,8 +542,20 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
 
 
-def write_engine_sidecar(engine_path: Path, info: ModelInfo, target: EngineTarget) -> Path:
-    """Write ``ENGINE.json``: the ONNX metadata and the build facts, so the engine loads alone."""
+def write_engine_sidecar(
+    engine_path: Path,
+    info: ModelInfo,
+    target: EngineTarget,
+    *,
+    parsed: Path | None = None,
+    parsed_sha256: str | None = None,
+    profile: str = '',
+) -> Path:
+    """Write ``ENGINE.json`` atomically: the ONNX metadata and the build facts.
+
+    ``parsed`` / ``parsed_sha256``: the file TensorRT parsed, when not ``info.path`` (the FP16
+    copy on TensorRT 11). The engine then loads from the sidecar alone.
+    """
     data = {
         'metadata': metadata_dict(
             info.class_set,
@@ -515,10 +567,13 @@ def write_engine_sidecar(engine_path: Path, info: ModelInfo, target: EngineTarge
         ),
         'onnx': str(info.path),
         'onnx_sha256': info.sha256,
+        'parsed': str(parsed or info.path),
+        'parsed_sha256': parsed_sha256 or info.sha256,
+        'profile': profile,
         'target': target.to_dict(),
     }
     path = sidecar_path(engine_path)
-    path.write_text(json.dumps(data, indent=1) + '\n')
+    write_atomic(path, (json.dumps(data, indent=1) + '\n').encode())
     return path
 
 

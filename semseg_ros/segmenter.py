@@ -141,6 +141,8 @@ class Segmenter:
         An RGB frame (the default ``encoding='rgb8'``) is used as given, without a copy or a
         conversion; other encodings are converted to RGB here.
         """
+        if self._on_device(frame, encoding):
+            return self.segment_batch([frame], encoding=encoding)[0]
         with self._lock:
             t0 = time.perf_counter()
             rgb = self._to_rgb(frame, encoding)
@@ -158,6 +160,8 @@ class Segmenter:
         """Several frames through the engine in one batch (offline tools; not the node)."""
         if not frames:
             return []
+        if self._on_device(frames[0], encoding) and len({f.shape for f in frames}) == 1:
+            return self._segment_on_device(frames, encoding)
         width, height = self.input_spec.input_size
         t0 = time.perf_counter()
         rgbs = [self._to_rgb(f, encoding) for f in frames]
@@ -176,6 +180,41 @@ class Segmenter:
         n = len(rgbs)
         timings = Timings((t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n)
         return [SegmentResult(i, timings) for i in ids]
+
+    def _on_device(self, frame: np.ndarray, encoding: str) -> bool:
+        """Whether the engine takes whole frames (the torch engine's device frame path)."""
+        from semseg_ros.engines.torch_engine import FRAME_ENCODINGS
+
+        return (
+            getattr(self.engine, 'frames_on_device', False)
+            and encoding in FRAME_ENCODINGS
+            and isinstance(frame, np.ndarray)
+            and frame.dtype == np.uint8
+            and frame.ndim == 3
+        )
+
+    def _segment_on_device(
+        self, frames: Sequence[np.ndarray], encoding: str
+    ) -> list[SegmentResult]:
+        """Frames -> ids with every step on the engine's device; one upload, one download."""
+        for frame in frames:
+            self._to_rgb_checked_shape(frame, encoding)
+        t0 = time.perf_counter()
+        stacked = frames[0][None] if len(frames) == 1 else np.stack(frames)  # (N, H, W, C)
+        with self._lock:
+            ids = self.engine.segment_frames(stacked, encoding, self.input_spec, self.fill_id)
+        t1 = time.perf_counter()
+        timings = Timings(0.0, (t1 - t0) / len(frames), 0.0)  # one device pass: all 'infer'
+        return [SegmentResult(i, timings) for i in ids]
+
+    def _to_rgb_checked_shape(self, frame: np.ndarray, encoding: str) -> None:
+        channels = 4 if encoding in ('bgra8', 'rgba8') else 3
+        if frame.shape[2] != channels:
+            msg = (
+                f'a {encoding} frame has {channels} channels, this one has {frame.shape[2]} '
+                f'(shape {frame.shape}); set encoding to what the camera sends'
+            )
+            raise ValueError(msg)
 
     def warm_up(self, batch_size: int = 1, passes: int = 2) -> None:
         """Untimed passes at ``batch_size``, so lazy initialisation (kernel selection,

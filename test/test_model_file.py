@@ -14,8 +14,10 @@ from semseg_ros.labels import CARLA23, LYFT13, class_set_from_dict
 from semseg_ros.model_file import (
     EngineTarget,
     ModelFileError,
+    engine_cache_complete,
     engine_cache_path,
     metadata_dict,
+    profile_tag,
     read_engine_sidecar,
     read_model_info,
     read_onnx_metadata,
@@ -167,3 +169,36 @@ def test_engine_sidecar_round_trip_and_absence(tmp_path):
     sidecar_path(engine).unlink()
     with pytest.raises(ModelFileError, match=r'has no metadata file.*semseg export --tensorrt'):
         read_model_info(engine)
+
+
+def test_engine_cache_name_holds_the_profile(tmp_path):
+    onnx_path = tmp_path / 'model.onnx'
+    target = EngineTarget('NVIDIA H200', (9, 0), '11.4.0', 'fp16')
+    assert profile_tag(8, (384, 288)) == 'b8-384x288'
+    assert profile_tag(1, (384, 288), (800, 600)) == 'b1-384x288to800x600'
+    assert profile_tag(1, (384, 288), (100, 600)) == 'b1-384x288to384x600'
+    names = {
+        engine_cache_path(onnx_path, target, 'ab' * 32, profile).name
+        for profile in ('b8-384x288', 'b1-384x288', 'b1-384x288to800x600')
+    }
+    assert len(names) == 3
+    assert 'model.NVIDIA_H200-sm90-trt11.4.0-fp16-b8-384x288-abababababab.engine' in names
+
+
+def test_engine_sidecar_is_atomic_and_a_cache_entry_needs_both(tmp_path):
+    onnx_path = write_model(tmp_path / 'model.onnx', metadata_dict(LYFT13, SPEC))
+    info = read_model_info(onnx_path)
+    target = EngineTarget('NVIDIA H200', (9, 0), '11.4.0')
+    engine = engine_cache_path(onnx_path, target, 'cd' * 32, 'b8-40x24')
+    write_engine_sidecar(
+        engine, info, target, parsed=tmp_path / 'model.fp16.onnx', parsed_sha256='cd' * 32
+    )
+    assert not engine_cache_complete(engine)  # the sidecar alone is no cache entry
+    engine.write_bytes(b'serialized')
+    assert engine_cache_complete(engine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ['model.onnx', engine.name, engine.name + '.json']
+    )  # no temporary file left behind
+    side = json.loads(sidecar_path(engine).read_text())
+    assert side['parsed'].endswith('model.fp16.onnx') and side['parsed_sha256'] == 'cd' * 32
+    assert side['onnx_sha256'] == info.sha256

@@ -87,12 +87,21 @@ def create_engine(
         backend, why = _choose(info, device)
     else:
         why = 'requested'
-    engine = _build(backend, info, device, options)
-    engine.selection = f'{engine.name}: {why}'
+    try:
+        engine = _build(backend, info, device, options)
+    except EngineError as err:
+        # auto never fails where another backend works: a TensorRT build or load that fails
+        # (no FP16 model on TensorRT 11, a parser error, a busy GPU) falls back, saying why.
+        if why == 'requested' or backend != 'tensorrt' or info.path.suffix == ENGINE_SUFFIX:
+            raise
+        backend, why = _choose(info, device, tensorrt_failed=f'TensorRT failed: {err}')
+        engine = _build(backend, info, device, options)
+    fallback = getattr(engine, 'fallback', '')  # a GPU provider onnxruntime could not load
+    engine.selection = f'{engine.name}: {why}' + (f'; {fallback}' if fallback else '')
     return engine
 
 
-def _choose(info: ModelInfo, device: str) -> tuple[str, str]:
+def _choose(info: ModelInfo, device: str, *, tensorrt_failed: str = '') -> tuple[str, str]:
     from semseg_ros.engines.onnxruntime_engine import GPU_PROVIDERS, available_providers
     from semseg_ros.engines.tensorrt_engine import tensorrt_available
     from semseg_ros.engines.torch_engine import CHECKPOINT_SUFFIXES, cuda_available
@@ -104,7 +113,7 @@ def _choose(info: ModelInfo, device: str) -> tuple[str, str]:
         return 'torch', 'a PyTorch checkpoint (export it to ONNX for the faster backends)'
     if device == 'cpu':
         return 'onnxruntime', 'device=cpu: onnxruntime is the fastest CPU backend'
-    trt_ok, trt_why = tensorrt_available()
+    trt_ok, trt_why = (False, tensorrt_failed) if tensorrt_failed else tensorrt_available()
     if trt_ok and info.precision != 'int8':
         return 'tensorrt', 'GPU with TensorRT: fastest'
     gpu_providers = [p for p in available_providers() if p in GPU_PROVIDERS]
@@ -147,5 +156,6 @@ def _build(backend: str, info: ModelInfo, device: str, options: dict[str, Any]) 
         )
     from semseg_ros.engines.torch_engine import TorchEngine
 
-    torch_options = {k: options[k] for k in ('fp16', 'channels_last', 'threads') if k in options}
+    names = ('fp16', 'channels_last', 'threads', 'frames_on_device', 'cuda_graphs')
+    torch_options = {k: options[k] for k in names if k in options}
     return TorchEngine.from_model_info(info, device=device, **torch_options)

@@ -78,16 +78,32 @@ class OnnxRuntimeEngine(Engine):
         options.log_severity_level = 3  # errors only: no per-session provider chatter
         if threads is not None:
             options.intra_op_num_threads = int(threads)
+        device = parse_device(device)
+        providers = choose_providers(device, info)
         try:
-            self._session = ort.InferenceSession(
-                str(info.path), options, providers=choose_providers(device, info)
-            )
+            self._session = ort.InferenceSession(str(info.path), options, providers=providers)
         except (RuntimeError, ValueError) as err:  # onnxruntime's Fail / InvalidGraph
             if isinstance(err, BackendUnavailableError):
                 raise
             msg = f'onnxruntime cannot load {info.path}: {err}'
             raise EngineError(msg) from err
         self._provider = self._session.get_providers()[0]
+        #: Why a GPU provider that was asked for is not the one running ('' when none failed).
+        self.fallback = ''
+        wanted = [p if isinstance(p, str) else p[0] for p in providers]
+        if wanted[0] != CPU and self._provider == CPU:
+            # onnxruntime drops a provider that fails to load (missing CUDA / cuDNN libraries,
+            # onnxruntime and onnxruntime-gpu both installed) with only a warning.
+            msg = (
+                f'onnxruntime could not load {wanted[:-1]} for {info.path} and fell back to '
+                f'the CPU (providers running: {self._session.get_providers()}). Check the CUDA '
+                'and cuDNN libraries onnxruntime-gpu needs, and that only one of onnxruntime / '
+                'onnxruntime-gpu is installed (pip uninstall -y onnxruntime onnxruntime-gpu && '
+                "pip install onnxruntime-gpu); or use device='cpu'"
+            )
+            if device.startswith('cuda'):
+                raise BackendUnavailableError(msg)
+            self.fallback = msg  # create_engine adds it to the selection
         self._on_cpu = self._provider == CPU
         self._binding = self._session.io_binding() if self._on_cpu else None
         self._logits: np.ndarray | None = None  # (N, C, h, w) output buffer on CPU
@@ -95,7 +111,8 @@ class OnnxRuntimeEngine(Engine):
 
     @property
     def device(self) -> str:
-        return self._provider.replace('ExecutionProvider', '')
+        name = self._provider.replace('ExecutionProvider', '')
+        return f'{name}, GPU provider failed to load' if self.fallback else name
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         batch = self.check_batch(batch)

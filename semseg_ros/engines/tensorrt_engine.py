@@ -1,32 +1,37 @@
 """TensorRT backend (TensorRT 10 / 11 Python API, pycuda buffers and stream).
 
-Build (:func:`build_engine`): parse the ONNX, one optimization profile over the batch sizes
-(and the model's input size), a workspace limit, FP16 where the version allows it:
+Build (:func:`build_engine`): parse the ONNX, one optimization profile over batch
+1..``max_batch`` (8 by default: ``semseg evaluate --batch-size`` and the tests send batches;
+a larger batch runs in chunks) and the model's input size, a workspace limit, on the GPU
+asked for (its primary context current during the build), FP16 where the version allows it:
 
 * TensorRT 10: the FP32 ONNX with ``BuilderFlag.FP16`` (weak typing; deprecated but the
   way 10.x picks FP16 kernels on its own);
 * TensorRT 11: weak typing is gone, networks are strongly typed and take their precision
-  from the ONNX itself, so the FP16 variant ``MODEL.fp16.onnx`` (``semseg export --fp16``)
-  is parsed instead.
+  from the ONNX itself, so the FP16 variant ``MODEL.fp16.onnx`` is parsed; when it is
+  missing (the shipped models are FP32 + INT8) it is written on the fly next to the ONNX
+  (``onnx`` + onnxruntime's converter), and where that cannot be done an FP32 engine is
+  built and the log says why.
 
 The serialized engine is cached next to the ONNX under a name holding the GPU, its compute
-capability, the TensorRT version, the precision and the ONNX hash
+capability, the TensorRT version, the precision, the profile and the hash of the file parsed
 (:func:`semseg_ros.model_file.engine_cache_path`), with a ``.json`` sidecar of the model
-metadata; any change picks a new name, so the engine is rebuilt. Loading an engine file
-made for another GPU or TensorRT version fails with a message saying how to rebuild.
+metadata written first (atomically), the engine last; a cache hit needs both. Loading an
+engine file made for another GPU or TensorRT version fails with a message saying how to
+rebuild.
 
 Run (:class:`TensorRTEngine`): I/O tensors by name (``get_tensor_name`` /
 ``get_tensor_mode``), ``set_input_shape`` + ``set_tensor_address`` and
 ``execute_async_v3`` on a pycuda stream, page-locked host buffers reused per shape. The
-CUDA context is the device's primary context, pushed around every call under the engine's
-lock, so callbacks arriving on other threads (ROS executors) can run it.
+CUDA context is the chosen device's primary context, pushed around every call under the
+engine's lock, so callbacks arriving on other threads (ROS executors) can run it.
+``close()`` frees the device and host buffers, drops the stream and releases the context.
 
 ``tensorrt`` and ``pycuda`` are imported lazily; without them :class:`BackendUnavailableError`.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +43,17 @@ from semseg_ros.model_file import (
     IDS_OUTPUT_NAME,
     EngineTarget,
     ModelInfo,
+    engine_cache_complete,
     engine_cache_path,
+    profile_tag,
     read_engine_sidecar,
     read_model_info,
+    write_atomic,
     write_engine_sidecar,
 )
 
+#: Default top of the batch range an engine is built for (opt stays 1: the real-time path).
+DEFAULT_MAX_BATCH = 8
 _REBUILD = 'semseg export --tensorrt --onnx {onnx} --rebuild'
 
 
@@ -89,19 +99,77 @@ def current_target(trt: Any, cuda: Any, precision: str, device_index: int = 0) -
     )
 
 
-def _onnx_for_precision(trt: Any, onnx_path: Path, info: ModelInfo, fp16: bool) -> Path:
-    """The ONNX to parse: TensorRT 11 (strongly typed) needs the FP16 model for FP16."""
-    if not fp16 or _major(trt) < 11 or info.precision == 'fp16':
-        return onnx_path
-    fp16_path = onnx_path.with_name(f'{onnx_path.stem}.fp16{onnx_path.suffix}')
-    if not fp16_path.is_file():
-        msg = (
-            f'TensorRT {trt.__version__} takes precision from the ONNX model (strong typing) and '
-            f'{fp16_path} is missing; write it with `semseg export --checkpoint CKPT --out '
-            f'{onnx_path} --fp16`, or build an FP32 engine (--fp32-engine)'
+def fp16_variant_path(onnx_path: Path) -> Path:
+    """``model.onnx`` -> ``model.fp16.onnx`` (what ``semseg export --fp16`` writes)."""
+    return onnx_path.with_name(f'{onnx_path.stem}.fp16{onnx_path.suffix}')
+
+
+def _sorted_nodes(graph: Any) -> None:
+    """Reorder ``graph.node`` topologically (onnxruntime's converter appends its casts)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {''}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise EngineError(f'graph has a cycle around {[n.op_type for n in pending[:5]]}')
+        for node in ready:
+            known.update(node.output)
+        ordered += ready
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def write_fp16_copy(onnx_path: Path, out: Path) -> Path:
+    """FP16 weights and arithmetic, FP32 I/O, the metadata kept with precision ``fp16``.
+
+    The runtime's own copy of ``training.export.convert_fp16`` (without torch or its checks):
+    ``onnx`` and onnxruntime's converter. ImportError when ``onnx`` is absent.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    _sorted_nodes(proto.graph)
+    for prop in proto.metadata_props:
+        if prop.key == 'precision':
+            prop.value = 'fp16'
+    write_atomic(out, proto.SerializeToString())
+    return out
+
+
+def _onnx_for_precision(
+    trt: Any, onnx_path: Path, info: ModelInfo, fp16: bool, log: Any
+) -> tuple[Path, str]:
+    """(the ONNX to parse, the engine precision) for this TensorRT version.
+
+    TensorRT 11 is strongly typed: FP16 needs an FP16 ONNX, made here when missing; when it
+    cannot be made the engine is FP32 (slower, never a failure) and ``log`` says why.
+    """
+    if info.precision == 'fp16':
+        return onnx_path, 'fp16'
+    if not fp16:
+        return onnx_path, 'fp32'
+    if _major(trt) < 11:
+        return onnx_path, 'fp16'  # weak typing: BuilderFlag.FP16 on the FP32 graph
+    fp16_path = fp16_variant_path(onnx_path)
+    if fp16_path.is_file():
+        return fp16_path, 'fp16'
+    try:
+        write_fp16_copy(onnx_path, fp16_path)
+    except (ImportError, OSError, ValueError, RuntimeError) as err:
+        log(
+            f'TensorRT {trt.__version__} takes precision from the ONNX (strong typing) and '
+            f'{fp16_path} is missing and could not be written ({err}); building an FP32 '
+            f'engine. For FP16: `semseg export --checkpoint CKPT --out {onnx_path} --fp16`'
         )
-        raise EngineError(msg)
-    return fp16_path
+        return onnx_path, 'fp32'
+    log(f'TensorRT {trt.__version__} is strongly typed: wrote the FP16 copy {fp16_path}')
+    return fp16_path, 'fp16'
 
 
 def build_engine(
@@ -109,30 +177,70 @@ def build_engine(
     *,
     fp16: bool = True,
     workspace_gb: float = 2.0,
-    max_batch: int = 1,
+    max_batch: int = DEFAULT_MAX_BATCH,
     max_size: tuple[int, int] | None = None,
     rebuild: bool = False,
     device_index: int = 0,
     log: Any = print,
 ) -> Path:
-    """Build the engine for ``onnx_path`` on this GPU, or reuse the cached one; its path.
+    """Build the engine for ``onnx_path`` on GPU ``device_index``, or reuse the cached one.
 
     The optimization profile spans batch 1..``max_batch`` at the model's input size, up to
     ``max_size`` (width, height) when given (e.g. (800, 600) to also run full frames).
+    Returns the engine's path.
     """
     trt, cuda = import_tensorrt()
     onnx_path = Path(onnx_path)
     info = read_model_info(onnx_path)
-    precision = 'fp16' if fp16 else 'fp32'
+    if max_batch < 1:
+        raise ValueError(f'max_batch must be >= 1, got {max_batch}')
+    parse_path, precision = _onnx_for_precision(trt, onnx_path, info, fp16, log)
+    parsed_sha256 = info.sha256 if parse_path == onnx_path else read_model_info(parse_path).sha256
     target = current_target(trt, cuda, precision, device_index)
-    engine_path = engine_cache_path(onnx_path, target, info.sha256)
-    if engine_path.is_file() and not rebuild:
+    width, height = info.input_spec.input_size
+    max_w, max_h = max_size or (width, height)
+    max_w, max_h = max(width, max_w), max(height, max_h)
+    profile = profile_tag(max_batch, (width, height), (max_w, max_h))
+    engine_path = engine_cache_path(onnx_path, target, parsed_sha256, profile)
+    if engine_cache_complete(engine_path) and not rebuild:
         log(f'TensorRT engine cache hit: {engine_path}')
         return engine_path
-    parse_path = _onnx_for_precision(trt, onnx_path, info, fp16)
     log(f'building a TensorRT {trt.__version__} {precision} engine for {target.gpu_name}')
-    log(f'  from {parse_path} (minutes; cached for the next run)')
+    log(f'  from {parse_path}, profile {profile} (minutes; cached for the next run)')
 
+    context = cuda.Device(device_index).retain_primary_context()
+    context.push()  # build (and time tactics) on the GPU asked for, not GPU 0
+    try:
+        serialized = _build_serialized(trt, parse_path, info, fp16, workspace_gb, profile_shapes=(
+            (1, 3, height, width),  # min
+            (1, 3, height, width),  # opt: the real-time path is batch 1
+            (max_batch, 3, max_h, max_w),  # max
+        ))  # fmt: skip
+    finally:
+        context.pop()
+        context.detach()
+    # Sidecar first, engine last, both atomic: a reader that finds the engine finds both.
+    write_engine_sidecar(
+        engine_path,
+        info,
+        target,
+        parsed=parse_path,
+        parsed_sha256=parsed_sha256,
+        profile=profile,
+    )
+    write_atomic(engine_path, bytes(serialized))
+    log(f'wrote {engine_path}')
+    return engine_path
+
+
+def _build_serialized(
+    trt: Any,
+    parse_path: Path,
+    info: ModelInfo,
+    fp16: bool,
+    workspace_gb: float,
+    profile_shapes: tuple[tuple[int, ...], ...],
+) -> Any:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0  # explicit batch is the only mode since TensorRT 10
@@ -155,26 +263,14 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if weakly_typed_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-    width, height = info.input_spec.input_size
-    max_w, max_h = max_size or (width, height)
     profile = builder.create_optimization_profile()
-    profile.set_shape(
-        info.input_name,
-        (1, 3, height, width),  # min
-        (1, 3, height, width),  # opt: the real-time path is batch 1
-        (max(1, max_batch), 3, max(height, max_h), max(width, max_w)),  # max
-    )
+    profile.set_shape(info.input_name, *profile_shapes)
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         msg = f'TensorRT failed to build an engine from {parse_path} (see the log above)'
         raise EngineError(msg)
-    tmp = engine_path.with_name(engine_path.name + f'.{os.getpid()}.tmp')
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(engine_path)  # atomic: two nodes building at once never read half a file
-    write_engine_sidecar(engine_path, info, target)
-    log(f'wrote {engine_path}')
-    return engine_path
+    return serialized
 
 
 def _onnx_hint(engine_path: Path) -> str:
@@ -182,8 +278,11 @@ def _onnx_hint(engine_path: Path) -> str:
     return str(engine_path.with_name(engine_path.name.split('.')[0] + '.onnx'))
 
 
-def _check_target(trt: Any, cuda: Any, engine_path: Path, built_for: EngineTarget) -> None:
-    here = current_target(trt, cuda, built_for.precision)
+def _check_target(
+    trt: Any, cuda: Any, engine_path: Path, built_for: EngineTarget, device_index: int = 0
+) -> None:
+    """Raise unless GPU ``device_index`` and this TensorRT are what the engine was built for."""
+    here = current_target(trt, cuda, built_for.precision, device_index)
     if (here.gpu_name, here.compute_capability, here.tensorrt_version) != (
         built_for.gpu_name,
         built_for.compute_capability,
@@ -193,7 +292,7 @@ def _check_target(trt: Any, cuda: Any, engine_path: Path, built_for: EngineTarge
         msg = (
             f'TensorRT engine {engine_path} was built for {built_for.gpu_name} (sm '
             f'{built_for.compute_capability[0]}.{built_for.compute_capability[1]}) with TensorRT '
-            f'{built_for.tensorrt_version}; this machine has {here.gpu_name} (sm '
+            f'{built_for.tensorrt_version}; GPU {device_index} here is {here.gpu_name} (sm '
             f'{here.compute_capability[0]}.{here.compute_capability[1]}) and TensorRT '
             f'{here.tensorrt_version}. Engines are not portable: pass the ONNX as model_path '
             f'(the engine is built and cached on first run) or run `'
@@ -215,8 +314,15 @@ class TensorRTEngine(Engine):
         super().__init__(info)
         self._trt, self._cuda = trt, cuda
         self._target = built_for
+        self._device_index = device_index
+        self._shape: tuple[int, ...] | None = None
+        self._dev_in = self._dev_out = self._host_in = self._host_out = None
+        self._stream = self._context = self._engine = None
+        if not 0 <= device_index < cuda.Device.count():
+            msg = f'GPU {device_index} asked for, CUDA sees {cuda.Device.count()} GPU(s)'
+            raise BackendUnavailableError(msg)
+        _check_target(trt, cuda, engine_path, built_for, device_index)
         self._context_cuda = cuda.Device(device_index).retain_primary_context()
-        _check_target(trt, cuda, engine_path, built_for)
         self._context_cuda.push()
         try:
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -242,14 +348,20 @@ class TensorRTEngine(Engine):
                 )
                 raise EngineError(msg)
             self._out_dtype = trt.nptype(self._engine.get_tensor_dtype(info.output_name))
-        finally:
+            # (min, opt, max) shapes of profile 0: larger batches run in chunks of max.
+            self.max_batch = int(self._engine.get_tensor_profile_shape(info.input_name, 0)[2][0])
+        except BaseException:
             self._context_cuda.pop()
-        self._shape: tuple[int, ...] | None = None
-        self._dev_in = self._dev_out = None
+            self._release()
+            raise
+        self._context_cuda.pop()
 
     @property
     def device(self) -> str:
-        return f'cuda, {self._target.gpu_name}, TensorRT {self._target.tensorrt_version}'
+        return (
+            f'cuda:{self._device_index}, {self._target.gpu_name}, '
+            f'TensorRT {self._target.tensorrt_version}'
+        )
 
     @property
     def precision(self) -> str:
@@ -261,11 +373,11 @@ class TensorRTEngine(Engine):
         if not self._context.set_input_shape(info.input_name, shape):
             msg = (
                 f'input {shape} is outside the engine profile of {info.path}; rebuild with a '
-                'larger max_batch / max_size'
+                'larger max_size'
             )
             raise ValueError(msg)
         out_shape = tuple(self._context.get_tensor_shape(info.output_name))
-        self._free()  # the old shape's device memory, while our context is current
+        self._free()  # the old shape's memory, while our context is current
         self._host_in = cuda.pagelocked_empty(shape, np.float32)
         self._host_out = cuda.pagelocked_empty(out_shape, self._out_dtype)
         self._dev_in = cuda.mem_alloc(self._host_in.nbytes)
@@ -276,6 +388,15 @@ class TensorRTEngine(Engine):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         batch = self.check_batch(batch)
+        if self._engine is None:
+            raise EngineError(f'TensorRT engine for {self.info.path} is closed')
+        if batch.shape[0] > self.max_batch:  # beyond the profile: chunks of max_batch
+            with self._lock:
+                chunks = [
+                    self.infer(batch[i : i + self.max_batch]).copy()
+                    for i in range(0, batch.shape[0], self.max_batch)
+                ]
+            return np.concatenate(chunks)
         cuda = self._cuda
         with self._lock:
             self._context_cuda.push()  # this thread may not be the one that built us
@@ -293,22 +414,42 @@ class TensorRTEngine(Engine):
             return self._host_out.astype(np.float32, copy=False)
 
     def _free(self) -> None:
-        for name in ('_dev_in', '_dev_out'):
+        """Device and page-locked host buffers (call with the context current)."""
+        for name in ('_dev_in', '_dev_out', '_host_in', '_host_out'):
             buffer = getattr(self, name, None)
-            if buffer is not None:
-                buffer.free()
-                setattr(self, name, None)
+            if buffer is None:
+                continue
+            # pycuda: DeviceAllocation.free(); a page-locked array's base HostAllocation.free()
+            owner = buffer if name.startswith('_dev') else getattr(buffer, 'base', None)
+            if owner is not None and hasattr(owner, 'free'):
+                owner.free()
+            setattr(self, name, None)
         self._shape = None
+
+    def _release(self) -> None:
+        """Everything the engine holds on the GPU, then our hold on the primary context."""
+        self._free()
+        self._stream = None  # pycuda destroys the stream when its last reference goes
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        context, self._context_cuda = getattr(self, '_context_cuda', None), None
+        if context is not None:
+            context.detach()  # balances retain_primary_context
 
     def close(self) -> None:
         with self._lock:
+            if getattr(self, '_context_cuda', None) is None:
+                return  # closed already
             self._context_cuda.push()
             try:
                 self._free()
+                self._stream = None
                 self._context = None
                 self._engine = None
             finally:
                 self._context_cuda.pop()
+            self._release()
 
 
 def engine_for(onnx_or_engine: str | Path, **build_options: Any) -> Path:

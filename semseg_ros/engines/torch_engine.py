@@ -4,6 +4,14 @@ torch is imported only when this engine is built: the runtime package never impo
 import time (docs/architecture.md). An ONNX file holds no PyTorch module, so this backend
 runs the checkpoint the ONNX was exported from (``provenance.checkpoint`` in its metadata)
 or a ``.pt`` checkpoint given directly.
+
+With ``frames_on_device`` (the default on CUDA) the :class:`~semseg_ros.segmenter.Segmenter`
+hands this engine whole camera frames (:meth:`TorchEngine.segment_frames`): the uint8 frame
+is uploaded once, and channel order, crop, resize, normalization, inference, argmax, the
+nearest restore and the background rows all run on the device; only the (H, W) uint8 ids
+come back. The same code runs on the CPU (the tests compare it there with onnxruntime's
+ids). ``cuda_graphs`` captures model + argmax per input shape in a ``torch.cuda.CUDAGraph``
+and replays it (CUDA only).
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
 from semseg_ros.model_file import ModelInfo
 
 CHECKPOINT_SUFFIXES = ('.pt', '.pth', '.ckpt')
+#: Where R, G, B sit in a camera frame of each encoding (segment_frames).
+_CHANNELS = {'rgb8': (0, 1, 2), 'rgba8': (0, 1, 2), 'bgr8': (2, 1, 0), 'bgra8': (2, 1, 0)}
+FRAME_ENCODINGS = tuple(_CHANNELS)
 
 
 def _import_torch() -> Any:
@@ -85,6 +96,8 @@ class TorchEngine(Engine):
         fp16: bool = False,
         channels_last: bool = False,
         threads: int | None = None,
+        frames_on_device: bool | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__(info)
         torch = _import_torch()
@@ -103,6 +116,13 @@ class TorchEngine(Engine):
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._channels_last = channels_last
         self.model = model.to(self._device, self._dtype, memory_format=self._memory_format).eval()
+        on_cuda = self._device.type == 'cuda'
+        if cuda_graphs and not on_cuda:
+            raise ValueError('cuda_graphs is for CUDA devices; on CPU use cuda_graphs=False')
+        #: Whether the Segmenter gives this engine whole frames (segment_frames).
+        self.frames_on_device = on_cuda if frames_on_device is None else bool(frames_on_device)
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self._use_graphs = cuda_graphs
 
     @classmethod
     def from_model_info(cls, info: ModelInfo, **options: Any) -> TorchEngine:
@@ -129,11 +149,75 @@ class TorchEngine(Engine):
 
     def infer_ids(self, batch: np.ndarray) -> np.ndarray:
         # Argmax on the device: only (N, h, w) uint8 crosses back, not C float maps.
-        with self._torch.inference_mode():
-            ids = self._forward(batch).argmax(1)  # (N, h, w) int64
-            return ids.to(self._torch.uint8).cpu().numpy()
+        with self._lock, self._torch.inference_mode():
+            x = self._torch.from_numpy(self.check_batch(batch)).to(self._device)
+            return self._ids(x).cpu().numpy()
+
+    def _ids(self, x: Any) -> Any:
+        """Model + argmax. Shape: (N, 3, h, w) float32 on the device -> (N, h, w) uint8."""
+        x = x.to(self._dtype).contiguous(memory_format=self._memory_format)
+        if not self._use_graphs:
+            return self.model(x).argmax(1).to(self._torch.uint8)
+        graph = self._graphs.get(tuple(x.shape))
+        if graph is None:
+            graph = self._graphs[tuple(x.shape)] = self._capture(x)
+        static_in, static_out, cuda_graph = graph
+        static_in.copy_(x)
+        cuda_graph.replay()
+        return static_out.clone()
+
+    def _capture(self, x: Any) -> tuple[Any, Any, Any]:
+        """A CUDA graph of model + argmax for ``x``'s shape (warmed up on a side stream)."""
+        torch = self._torch
+        static_in = x.clone()
+        stream = torch.cuda.Stream(self._device)
+        stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # cudnn picks its kernels outside the capture
+                self.model(static_in)
+        torch.cuda.current_stream(self._device).wait_stream(stream)
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            static_out = self.model(static_in).argmax(1).to(torch.uint8)
+        return static_in, static_out, cuda_graph
+
+    def segment_frames(
+        self, frames: np.ndarray, encoding: str, spec: Any, fill_id: int = 0
+    ) -> np.ndarray:
+        """Whole frames to full-frame ids, every step on the device.
+
+        Shape: (N, H, W, 3|4) uint8 camera frames -> (N, H, W) uint8 ids. The geometry is
+        :mod:`semseg_ros.pipeline`'s (crop rows, shrink with an area-like filter, normalize,
+        nearest restore, background rows), in torch ops.
+        """
+        torch = self._torch
+        F = torch.nn.functional
+        order = _CHANNELS[encoding]  # RGB channel indices in the camera's layout
+        if spec.normalization.channel_order == 'BGR':
+            order = order[::-1]
+        n, height, width = frames.shape[:3]
+        rows = spec.cropped_height(height)
+        w, h = spec.input_size
+        mean = torch.tensor(spec.normalization.mean, device=self._device).view(1, 3, 1, 1)
+        std = torch.tensor(spec.normalization.std, device=self._device).view(1, 3, 1, 1)
+        with self._lock, torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(frames)).to(self._device)  # one upload
+            x = x[:, spec.crop_top : spec.crop_top + rows, :, list(order)]  # (N, rows, W, 3)
+            x = x.permute(0, 3, 1, 2).float()  # (N, 3, rows, W)
+            if (rows, width) != (h, w):
+                shrinking = h < rows and w < width
+                x = F.interpolate(
+                    x, size=(h, w), mode='bilinear', align_corners=False, antialias=shrinking
+                )
+            x = (x / 255.0 - mean) / std  # (N, 3, h, w)
+            ids = self._ids(x)  # (N, h, w) uint8
+            band = F.interpolate(ids[:, None].float(), size=(rows, width), mode='nearest-exact')
+            out = torch.full((n, height, width), fill_id, dtype=torch.uint8, device=self._device)
+            out[:, spec.crop_top : spec.crop_top + rows] = band[:, 0].to(torch.uint8)
+            return out.cpu().numpy()  # the one download: (N, H, W) uint8
 
     def close(self) -> None:
+        self._graphs.clear()
         self.model = None
         if self._device.type == 'cuda':
             self._torch.cuda.empty_cache()
