@@ -307,6 +307,14 @@ def node_command(*ros_args: str) -> list[str]:
     return [sys.executable, '-m', 'semseg_ros.node', '--ros-args', *ros_args]
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT and SIGTERM as a terminal or ``ros2 launch`` leaves them. (A
+    process started in the background by a non-interactive shell inherits SIGINT ignored,
+    and Python keeps it so until the node installs its own handler.)"""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start_node(env: dict[str, str], *ros_args: str) -> subprocess.Popen:
     return subprocess.Popen(
         node_command(*ros_args),
@@ -315,6 +323,7 @@ def start_node(env: dict[str, str], *ros_args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_default_signals,
     )
 
 

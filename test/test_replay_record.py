@@ -315,17 +315,18 @@ def test_replay_wait_for_a_topic_it_does_not_publish(
 def test_best_effort_recorder_with_count_limited_looping_replay(
     dataset: Path, tmp_path: Path, ros_domain_id: int
 ) -> None:
-    """A best-effort recorder (as for a best-effort camera) stopped by --duration, a looping
-    replay stopped by --count: with the shipped Fast DDS profile nothing is lost."""
+    """A best-effort recorder (as for a best-effort camera) stopped by --idle-timeout, a
+    looping replay stopped by --count: with the shipped Fast DDS profile nothing is lost."""
     env = graph_environment(ros_domain_id)
     out = tmp_path / 'bag'
     recorder = Process.module(
-        'record', '--out', str(out), '--best-effort', '--duration', '6', CAMERA, env=env
-    )
+        'record', '--out', str(out), '--best-effort', '--idle-timeout', '3', '--duration', '60',
+        CAMERA, env=env,
+    )  # fmt: skip
     recorder.wait_for_line('recording 1 topics', timeout=20)
     source = _replay(str(dataset), '--no-seg', '--loop', '--count', '10', env=env)
     assert f'{CAMERA}: 10 sent' in source.finish(30)
-    log = recorder.finish(30)  # --duration
+    log = recorder.finish(30)  # --idle-timeout
     assert f'{CAMERA}: 10 received, 0 lost' in log, log
     stamps = [stamp(m) for m in read_bag(out)[CAMERA]]
     assert stamps == [divmod(replay.sim_stamp_ns(k), 10**9) for k in range(10)]  # on through loops

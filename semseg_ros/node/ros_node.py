@@ -226,7 +226,8 @@ class SemsegNode(Node):
         if self.worker is not None:
             self.worker.stop()
         self.diagnostics_callback()
-        self.diagnostics_publisher.wait_for_all_acked(Duration(seconds=ack_timeout_s))
+        if self.diagnostics_publisher.get_subscription_count():
+            self.diagnostics_publisher.wait_for_all_acked(Duration(seconds=ack_timeout_s))
 
     def destroy_node(self) -> None:
         if self.worker is not None:
