@@ -20,7 +20,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet -e '.[train,test,ros]'
+	$(BIN)/python -m pip install --quiet -e '.[train,test,ros,openvino]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

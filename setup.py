@@ -27,6 +27,9 @@ TRAIN = [
     'onnx>=1.16',  # export: onnx.checker, graph edits; the runtime reads metadata without it
     'sympy',  # onnxruntime's quantization tools import it
 ]
+# The OpenVINO CPU engine (`backend=auto` picks it on a CPU: `make bench`) and NNCF, which
+# makes its INT8 IR (`semseg export --openvino-int8`). The node runs without them (onnxruntime).
+OPENVINO = ['openvino>=2026.4,<2027', 'nncf>=3.4,<4']
 # TensorRT engines, for the GPU machine that runs the node. pycuda builds from source (no
 # binary wheel): it needs the CUDA toolkit (nvcc, cuda.h) and a C++ compiler (README, GPU).
 # onnxruntime-gpu is not listed: it and the runtime's onnxruntime install the same module and
@@ -85,7 +88,11 @@ setup(
             + glob('config/*.xml'),
         ),
         (f'{SHARE}/config/class_sets', glob('config/class_sets/*.yaml')),
-        (f'{SHARE}/models', glob('models/*.onnx') + glob('models/*.md')),
+        (
+            f'{SHARE}/models',
+            sorted(glob('models/*.onnx') + glob('models/*.xml') + glob('models/*.bin'))
+            + glob('models/*.md'),
+        ),
     ],
     install_requires=RUNTIME,
     # `carla`: the CARLA client for `semseg data collect` (needs a running CARLA server).
@@ -94,6 +101,7 @@ setup(
         'test': TEST,
         'ros': ROS,
         'gpu': GPU,
+        'openvino': OPENVINO,
         'bag': ['rosbags>=0.10'],
         'carla': ['carla==0.9.16'],
     },

@@ -96,10 +96,13 @@ def test_onnxruntime_ids_from_the_graph_or_numpy_for_older_files(model, batch, t
     np.testing.assert_array_equal(older_engine.infer_ids(batch), from_graph)
 
 
-def test_auto_on_cpu_picks_onnxruntime_and_says_why(model):
-    engine = create_engine(model, device='cpu')
-    assert engine.backend == 'onnxruntime'
-    assert 'onnxruntime' in engine.selection and 'fastest' in engine.selection
+def test_auto_on_cpu_picks_openvino_else_onnxruntime_and_says_why(model, tmp_path):
+    from semseg_ros.engines.openvino_engine import openvino_available
+
+    engine = create_engine(model, device='cpu', cache_dir=tmp_path)
+    expected = 'openvino' if openvino_available()[0] else 'onnxruntime'
+    assert engine.backend == expected  # test/test_openvino.py: the OpenVINO choices
+    assert 'device=cpu' in engine.selection and expected in engine.selection.lower()
 
 
 def test_auto_for_a_checkpoint_is_torch(model):
@@ -562,8 +565,8 @@ def test_auto_falls_back_when_tensorrt_fails(model, monkeypatch):
 
     monkeypatch.setattr(tensorrt_engine, 'tensorrt_available', lambda: (True, ''))
     monkeypatch.setattr(tensorrt_engine, 'engine_for', failing_build)
-    engine = create_engine(model)  # auto: TensorRT chosen first, fails, onnxruntime runs
-    assert engine.backend == 'onnxruntime'
+    engine = create_engine(model)  # auto: TensorRT chosen first, fails, the CPU choice runs
+    assert engine.backend in ('openvino', 'onnxruntime')
     assert 'TensorRT failed' in engine.selection and 'dynamic pads' in engine.selection
     with pytest.raises(EngineError, match='dynamic pads'):  # asked for by name: no fallback
         create_engine(model, backend='tensorrt', device='cuda')

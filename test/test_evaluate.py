@@ -274,7 +274,7 @@ def test_exported_models_score_like_their_checkpoint_through_the_segmenter(tmp_p
     onnx_path = tmp_path / 'model.onnx'
     export_onnx(ckpt, onnx_path)
     reference = evaluate(ckpt, manifest=manifest)
-    metrics = evaluate(onnx_path, manifest=manifest)  # backend auto: onnxruntime
+    metrics = evaluate(onnx_path, manifest=manifest, backend='onnxruntime')  # exact fp32
     assert metrics['miou'] == pytest.approx(reference['miou'], abs=1e-6)
     assert metrics['matrix'] == reference['matrix']  # the same pixels, the same classes
     assert metrics['timing']['device'] == 'onnxruntime (CPU, fp32)'

@@ -409,6 +409,48 @@ def quantize_int8(
     return out
 
 
+def quantize_openvino_int8(
+    onnx_path: str | Path, frames: Sequence[np.ndarray], out: str | Path | None = None
+) -> Path:
+    """OpenVINO INT8 IR of an FP32 ONNX, post-training quantized by NNCF on ``frames``
+    (full RGB camera frames, prepared as the runtime prepares them).
+
+    Written as ``MODEL.openvino-int8.xml`` / ``.bin`` next to the ONNX (the file the
+    ``openvino`` engine looks for); its rt_info carries the ONNX metadata with precision
+    ``int8`` and the ONNX's sha256, so a stale IR is recognised. NNCF's default (performance)
+    preset: symmetric int8 weights and activations, the layout OpenVINO's int8 kernels want
+    (onnxruntime's QDQ file runs slower in OpenVINO than the FP32 one).
+    """
+    import nncf
+    import openvino as ov
+
+    from semseg_ros.engines.openvino_engine import RT_INFO_KEY, openvino_int8_path
+    from semseg_ros.model_file import read_onnx_metadata
+
+    onnx_path = Path(onnx_path)
+    out = Path(out) if out is not None else openvino_int8_path(onnx_path)
+    if not frames:
+        raise ExportError('INT8 calibration needs at least one frame')
+    info = read_model_info(onnx_path)
+    if info.precision != 'fp32':
+        raise ExportError(f'{onnx_path} is {info.precision}: quantize the FP32 ONNX')
+    inputs = [prepare(f, info.input_spec)[None] for f in frames]
+    model = ov.Core().read_model(str(onnx_path))
+    quantized = nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs))
+    meta = read_onnx_metadata(onnx_path)
+    meta['precision'] = 'int8'
+    provenance = json.loads(meta.get('provenance', '{}'))
+    provenance.update(
+        {'int8_from': onnx_path.name, 'int8_calibration_frames': len(inputs),
+         'int8_tool': f'nncf {nncf.__version__}, openvino {ov.get_version()}'}
+    )  # fmt: skip
+    meta['provenance'] = json.dumps(provenance, default=str)
+    block = {'metadata': meta, 'onnx': onnx_path.name, 'onnx_sha256': info.sha256}
+    quantized.set_rt_info(json.dumps(block), RT_INFO_KEY)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return out
+
+
 @dataclass
 class ExportReport:
     onnx: str
@@ -512,7 +554,18 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument('--fp16', action='store_true', help='also write MODEL.fp16.onnx (GPU)')
     parser.add_argument('--int8', action='store_true', help='also write MODEL.int8.onnx (CPU)')
     parser.add_argument(
+        '--openvino-int8',
+        action='store_true',
+        help='also write MODEL.openvino-int8.xml/.bin (NNCF INT8 for the openvino engine)',
+    )
+    parser.add_argument(
         '--calibration-frames', type=int, default=32, help='INT8 calibration frames (train)'
+    )
+    parser.add_argument(
+        '--calibration-synth-seed',
+        type=int,
+        help='calibrate on frames of `semseg data synth` with this seed instead of the '
+        "checkpoint's training split (the shipped model: 0)",
     )
     parser.add_argument(
         '--eval-frames', type=int, default=16, help='held-out frames for the INT8 mIoU drop'
@@ -535,9 +588,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if isinstance(args, int):  # --help (0) or a usage error (2)
         return args
     if args.checkpoint is None and args.onnx is None:
-        print(
-            f'{parser.prog}: error: pass --checkpoint (or --onnx with --tensorrt)', file=sys.stderr
-        )
+        msg = 'pass --checkpoint (or --onnx with --tensorrt / --openvino-int8)'
+        print(f'{parser.prog}: error: {msg}', file=sys.stderr)
         return 2
     try:
         if args.checkpoint is not None:
@@ -556,6 +608,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             onnx_path = Path(report.onnx)
         else:
             report, onnx_path = ExportReport(str(args.onnx)), args.onnx
+        if args.openvino_int8:
+            report.int8 = {**(report.int8 or {}), **_openvino_int8(args, onnx_path)}
+            print(f'OpenVINO INT8 IR: {report.int8["openvino_ir"]}')
         if args.tensorrt:
             from semseg_ros.engines.tensorrt_engine import build_engine
 
@@ -578,6 +633,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(asdict(report), indent=1, default=str) + '\n')
     return 0
+
+
+def _openvino_int8(args: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
+    """``--openvino-int8``: calibration frames from the checkpoint's training split or the
+    synthetic generator, then :func:`quantize_openvino_int8`."""
+    if args.calibration_synth_seed is not None:
+        from training.data.synthetic import render_frame
+
+        seed, count = args.calibration_synth_seed, args.calibration_frames
+        frames = [render_frame(seed, i)[0] for i in range(count)]
+        source = f'semseg data synth seed {seed}, frames 0..{count - 1}'
+    elif args.checkpoint is not None:
+        checkpoint = load_checkpoint(args.checkpoint)
+        frames, _ = calibration_frames(checkpoint, args.checkpoint, args.calibration_frames)
+        source = f'training split of {args.checkpoint}'
+    else:
+        raise ExportError('--openvino-int8 with --onnx needs --calibration-synth-seed SEED')
+    path = quantize_openvino_int8(onnx_path, frames)
+    return {'openvino_ir': str(path), 'openvino_calibration': source}
 
 
 def _print_report(report: ExportReport) -> None:

@@ -4,18 +4,22 @@
 backend        runs                                             needs
 =============  ===============================================  ==========================
 onnxruntime    ``.onnx`` on CPU, or CUDA / TensorRT providers   onnxruntime (-gpu)
+openvino       FP32 ``.onnx`` (+ its INT8 IR) on CPU            openvino (``[openvino]``)
 tensorrt       ``.engine`` (built from ``.onnx`` and cached)    tensorrt, pycuda, a GPU
 torch          ``.pt`` checkpoint (or the ONNX's recorded one)  torch + the training package
 =============  ===============================================  ==========================
 
 ``backend='auto'`` picks the fastest one available for the file and the machine: on a GPU
-TensorRT, else onnxruntime's GPU providers, else PyTorch on CUDA; on CPU onnxruntime
-(faster than PyTorch eager: see ``make bench``). The engine's
-``selection`` says what was chosen and why.
+TensorRT, else onnxruntime's GPU providers, else PyTorch on CUDA; on CPU OpenVINO when
+installed (the FP32 ONNX itself; ``precision='int8'`` runs its NNCF INT8 IR, not faster
+here: see ``make bench``), else onnxruntime (its own INT8 QDQ file if
+that is what was given). A file OpenVINO cannot compile falls back to onnxruntime with one
+warning. The engine's ``selection`` says what was chosen and why.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from semseg_ros.devices import DEVICE_CHOICES, cuda_index, parse_device
 from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
 from semseg_ros.model_file import ENGINE_SUFFIX, ModelInfo, read_model_info
 
-BACKENDS = ('auto', 'onnxruntime', 'tensorrt', 'torch')
+BACKENDS = ('auto', 'onnxruntime', 'openvino', 'tensorrt', 'torch')
 DEVICES = DEVICE_CHOICES
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
 def available_backends() -> dict[str, str]:
     """``{backend: ''}`` when usable here, else ``{backend: why not}``."""
     from semseg_ros.engines.onnxruntime_engine import available_providers
+    from semseg_ros.engines.openvino_engine import openvino_available
     from semseg_ros.engines.tensorrt_engine import tensorrt_available
 
     status: dict[str, str] = {}
@@ -47,6 +52,7 @@ def available_backends() -> dict[str, str]:
         status['onnxruntime'] = '' if available_providers() else 'no execution provider'
     except ImportError:
         status['onnxruntime'] = 'onnxruntime is not installed'
+    status['openvino'] = openvino_available()[1]
     ok, why = tensorrt_available()
     status['tensorrt'] = '' if ok else why
     try:
@@ -74,7 +80,8 @@ def create_engine(
 ) -> Engine:
     """An :class:`Engine` for ``model_path`` (``.onnx``, ``.engine`` or ``.pt``).
 
-    ``options`` go to the backend: ``threads`` (onnxruntime, torch), ``fp16`` /
+    ``options`` go to the backend: ``threads`` (onnxruntime, openvino, torch),
+    ``precision`` (openvino: 'fp32' | 'int8'), ``cache_dir`` (openvino), ``fp16`` /
     ``channels_last`` (torch), ``workspace_gb`` / ``max_batch`` / ``max_size`` (TensorRT
     builds). Raises :class:`~semseg_ros.model_file.ModelFileError` for a bad file and
     :class:`BackendUnavailableError` when the requested backend cannot run here.
@@ -91,14 +98,36 @@ def create_engine(
         engine = _build(backend, info, device, options)
     except EngineError as err:
         # auto never fails where another backend works: a TensorRT build or load that fails
-        # (no FP16 model on TensorRT 11, a parser error, a busy GPU) falls back, saying why.
-        if why == 'requested' or backend != 'tensorrt' or info.path.suffix == ENGINE_SUFFIX:
+        # (no FP16 model on TensorRT 11, a parser error, a busy GPU) falls back, saying why;
+        # a model OpenVINO cannot compile runs on onnxruntime, with one warning.
+        if why == 'requested' or info.path.suffix == ENGINE_SUFFIX:
             raise
-        backend, why = _choose(info, device, tensorrt_failed=f'TensorRT failed: {err}')
+        if backend == 'tensorrt':
+            backend, why = _choose(info, device, tensorrt_failed=f'TensorRT failed: {err}')
+        elif backend == 'openvino':
+            why = f'OpenVINO cannot run {info.path.name} ({err}): onnxruntime instead'
+            warnings.warn(why, RuntimeWarning, stacklevel=2)
+            backend = 'onnxruntime'
+        else:
+            raise
         engine = _build(backend, info, device, options)
     fallback = getattr(engine, 'fallback', '')  # a GPU provider onnxruntime could not load
     engine.selection = f'{engine.name}: {why}' + (f'; {fallback}' if fallback else '')
     return engine
+
+
+def _cpu_choice(info: ModelInfo, where: str) -> tuple[str, str]:
+    """The CPU backend for an ONNX file: OpenVINO when installed and the file is FP32."""
+    from semseg_ros.engines.openvino_engine import openvino_available
+
+    if info.precision != 'fp32':
+        return 'onnxruntime', f'{where}: a {info.precision} ONNX file runs best in onnxruntime'
+    ok, why = openvino_available()
+    if not ok:
+        return 'onnxruntime', f'{where}: onnxruntime ({why}; OpenVINO is ~2x faster on CPU)'
+    # Measured (make bench, 1-thread CPU time at 800x600): OpenVINO on the FP32 ONNX (bf16
+    # math on AMX CPUs) 36 ms, its NNCF INT8 IR 48, onnxruntime INT8 80, FP32 125.
+    return 'openvino', f'{where}: OpenVINO on the FP32 ONNX, the fastest CPU path measured'
 
 
 def _choose(info: ModelInfo, device: str, *, tensorrt_failed: str = '') -> tuple[str, str]:
@@ -112,7 +141,7 @@ def _choose(info: ModelInfo, device: str, *, tensorrt_failed: str = '') -> tuple
     if suffix in CHECKPOINT_SUFFIXES:
         return 'torch', 'a PyTorch checkpoint (export it to ONNX for the faster backends)'
     if device == 'cpu':
-        return 'onnxruntime', 'device=cpu: onnxruntime is the fastest CPU backend'
+        return _cpu_choice(info, 'device=cpu')
     trt_ok, trt_why = (False, tensorrt_failed) if tensorrt_failed else tensorrt_available()
     if trt_ok and info.precision != 'int8':
         return 'tensorrt', 'GPU with TensorRT: fastest'
@@ -129,7 +158,7 @@ def _choose(info: ModelInfo, device: str, *, tensorrt_failed: str = '') -> tuple
             "CUDA provider (pip install onnxruntime-gpu). Use device='cpu'"
         )
         raise BackendUnavailableError(msg)
-    return 'onnxruntime', f'no GPU backend here ({trt_why}): onnxruntime on CPU'
+    return _cpu_choice(info, f'no GPU backend here ({trt_why})')
 
 
 def nvidia_driver_loaded() -> bool:
@@ -144,6 +173,17 @@ def _build(backend: str, info: ModelInfo, device: str, options: dict[str, Any]) 
         if info.path.suffix != '.onnx' and info.path.suffix not in ('', '.ort'):
             raise BackendUnavailableError(f'backend onnxruntime runs .onnx files, not {info.path}')
         return OnnxRuntimeEngine(info, device=device, threads=options.get('threads'))
+    if backend == 'openvino':
+        from semseg_ros.engines.openvino_engine import OpenVINOEngine
+
+        if device.startswith('cuda'):
+            raise ValueError("backend openvino runs on the CPU here; use device='cpu' or 'auto'")
+        if info.path.suffix != '.onnx':
+            raise BackendUnavailableError(f'backend openvino runs .onnx files, not {info.path}')
+        return OpenVINOEngine(
+            info, precision=options.get('precision', 'fp32'), threads=options.get('threads'),
+            cache_dir=options.get('cache_dir'),
+        )  # fmt: skip
     if backend == 'tensorrt':
         from semseg_ros.engines.tensorrt_engine import TensorRTEngine, engine_for
 
