@@ -47,6 +47,7 @@ from semseg_ros.imaging import (
 )
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from semseg_ros.node.diagnostics import diagnostics_status
+from semseg_ros.node.live_params import DisplaySettings
 from semseg_ros.node.params import (
     COLOR_ENCODINGS,
     GROUND_TRUTH_TOPIC,
@@ -196,11 +197,10 @@ class FrameProcessor:
         color_encoding: str = 'rgb8',
         overlay_alpha: float = 0.5,
         palette: ClassSet | None = None,
+        highlight_classes: Any = (),
     ) -> None:
         check_choice('color_encoding', color_encoding, COLOR_ENCODINGS)
         self.segmenter = segmenter
-        self.color_encoding = color_encoding
-        self.overlay_alpha = float(overlay_alpha)
         if palette is not None and palette.num_classes != segmenter.class_set.num_classes:
             msg = (
                 f'class_set {palette.name!r} has {palette.num_classes} classes but the model '
@@ -210,6 +210,24 @@ class FrameProcessor:
             raise NodeStartupError(msg)
         #: The class set whose colours ~/color and ~/overlay use (the ``class_set`` param).
         self.palette = segmenter.class_set if palette is None else palette
+        try:
+            #: The live display values, swapped as a whole (see node/live_params.py).
+            self.display = DisplaySettings.create(
+                self.palette,
+                color_encoding=color_encoding,
+                overlay_alpha=overlay_alpha,
+                highlight_classes=highlight_classes,
+            )
+        except ParamError as err:
+            raise NodeStartupError(f'invalid parameter: {err}') from err
+
+    @property
+    def color_encoding(self) -> str:
+        return self.display.color_encoding
+
+    @property
+    def overlay_alpha(self) -> float:
+        return self.display.overlay_alpha
 
     def process(self, image: Any, header: Any, outputs: Outputs = ALL_OUTPUTS) -> ProcessedFrame:
         """Segment one frame. ``image``: an Image message or ImageFields.
@@ -217,6 +235,7 @@ class FrameProcessor:
         Raises :class:`~semseg_ros.imaging.ImageFormatError` for a malformed frame.
         """
         start = time.perf_counter()
+        display = self.display  # one snapshot per frame: a live change never tears a frame
         rgb = frame_to_rgb(image)  # (H, W, 3) uint8
         result = self.segmenter.segment(rgb)
         ids = result.ids  # (H, W) uint8
@@ -224,16 +243,18 @@ class FrameProcessor:
         if outputs.mask:
             images['mask'] = array_to_image_fields(ids, 'mono8')
         if outputs.color or outputs.overlay:
-            color = self.palette.id_to_color(ids)  # (H, W, 3) RGB, once for both outputs
+            color = display.colorize(ids)  # (H, W, 3) RGB, once for both outputs
             if outputs.color:
-                images['color'] = self._encode(color)
+                images['color'] = self._encode(color, display.color_encoding)
             if outputs.overlay:
-                images['overlay'] = self._encode(blend(rgb, color, self.overlay_alpha))
+                overlay = blend(rgb, color, display.overlay_alpha)
+                images['overlay'] = self._encode(overlay, display.color_encoding)
         elapsed = time.perf_counter() - start
         return ProcessedFrame(header, images, ids, elapsed, getattr(result, 'timings', None))
 
-    def _encode(self, rgb: np.ndarray) -> ImageFields:
-        return array_to_image_fields(from_rgb(rgb, self.color_encoding), self.color_encoding)
+    def _encode(self, rgb: np.ndarray, encoding: str | None = None) -> ImageFields:
+        encoding = encoding or self.display.color_encoding
+        return array_to_image_fields(from_rgb(rgb, encoding), encoding)
 
 
 # --- The node minus ROS ----------------------------------------------------------------------
@@ -294,6 +315,7 @@ class NodeCore:
             color_encoding=params.color_encoding,
             overlay_alpha=params.overlay_alpha,
             palette=get_class_set(params.class_set) if params.class_set else None,
+            highlight_classes=params.highlight_classes,
         )
         self.slot: LatestFrameSlot[ReceivedFrame] = LatestFrameSlot()
         self.input_rate = RateMeter(clock=clock)

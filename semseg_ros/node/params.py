@@ -1,7 +1,9 @@
 """The node's parameters: one table, :class:`NodeParams`, with defaults and descriptions.
 
-The rclpy node declares every field as a read-only ROS parameter (rclpy reads the params
-file and the command line) and validates what it hands back here; ``config/semseg.yaml``
+The rclpy node declares every field as a ROS parameter (rclpy reads the params file and the
+command line) and validates what it hands back here; the display ones
+(:data:`~semseg_ros.node.live_params.LIVE_PARAMETERS`) change at run time, the rest are
+read-only; ``config/semseg.yaml``
 lists them all. Topic names and QoS constants the node, the tools and the tests share live
 here too.
 """
@@ -74,6 +76,12 @@ class NodeParams:
     overlay_alpha: float = _param(
         0.5, 'Weight of the colour mask in ~/overlay, 0 (image only) to 1 (mask only).'
     )
+    highlight_classes: tuple[str, ...] = _param(
+        (),
+        'Classes to highlight in ~/color and ~/overlay, by name or id of the palette class '
+        'set (e.g. [road, car] or [7, 10]); the other classes are greyed. Empty = none '
+        'highlighted (every class in its colour).',
+    )
     qos_reliability: str = _param(
         'best_available',
         'Reliability of the image subscriptions: best_available (reliable when the publishers '
@@ -102,6 +110,9 @@ class NodeParams:
     )
 
     def __post_init__(self) -> None:
+        from semseg_ros.node.live_params import normalize_highlight  # imports this module
+
+        object.__setattr__(self, 'highlight_classes', normalize_highlight(self.highlight_classes))
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), f.default)
         object.__setattr__(self, 'overlay_alpha', float(self.overlay_alpha))
