@@ -319,7 +319,7 @@ def test_a_qos_override_changes_that_topic_only(graph):
         assert qos_of(g.peer, f'/semseg_node/{name}', publishers=True).reliability == reliable
     # ... and what the endpoints were created with.
     depths = {name: pub.qos_profile.depth for name, pub in g.node.image_publishers.items()}
-    assert depths == {'mask': 3, 'color': 10, 'overlay': 10}
+    assert depths == {'mask': 3, 'color': 10, 'overlay': 10, 'confidence': 10, 'error': 10}
     assert g.node.gt_subscription.qos_profile.depth == g.node.image_subscription.qos_profile.depth
 
 
@@ -557,3 +557,72 @@ def test_frames_lost_in_transport_are_counted(ros_env, ros_context, tiny_model, 
     assert count['received'] == sum(
         count[k] for k in ('published', 'dropped', 'failed', 'skipped', 'pending')
     ), values
+
+
+# --- Confidence and error ----------------------------------------------------------------------
+
+
+def test_confidence_and_error_are_published_when_subscribed(graph, segmenter):
+    g = graph(ground_truth=True)
+    confidence, error = g.subscribe('/semseg_node/confidence'), g.subscribe('/semseg_node/error')
+    camera, seg_camera = g.publisher(Image, CAMERA), g.publisher(Image, SEG_CAMERA)
+    g.wait(lambda: connected(camera)() and connected(seg_camera)(), what='both subscriptions')
+    g.wait(lambda: g.node.wanted_outputs().error, what='our subscriptions to match')
+    assert g.node.wanted_outputs().confidence and not g.node.wanted_outputs().mask
+    bgra = camera_frame(0)
+    rgb = bgra[..., 2::-1].copy()
+    result, expected_confidence = segmenter.segment_with_confidence(rgb)
+    ids = result.ids
+    truth = ids.copy()
+    truth[: HEIGHT // 2] = (truth[: HEIGHT // 2] + 1) % 13  # wrong in the top half
+    gt_rgb = CARLA23.id_to_color(remap(truth, LYFT13, CARLA23))
+    gt_bgra = np.concatenate([gt_rgb[..., ::-1], np.full_like(gt_rgb[..., :1], 255)], -1)
+    camera.publish(image_msg(bgra, 'bgra8', sec=30))
+    seg_camera.publish(image_msg(gt_bgra, 'bgra8', sec=30))
+    g.wait(lambda: len(confidence) == 1 and len(error) == 1, what='confidence and error')
+    assert confidence[0].encoding == 'mono8' and error[0].encoding == 'rgb8'
+    for msg in (confidence[0], error[0]):
+        assert msg.header.stamp.sec == 30 and msg.header.frame_id == FRAME_ID
+    np.testing.assert_array_equal(as_array(confidence[0]), expected_confidence)
+    assert expected_confidence.dtype == np.uint8 and expected_confidence.max() > 0
+    got = as_array(error[0])
+    gt_ids = OnlineIoU('carla23', 'lyft13').gt_ids(gt_rgb)
+    wrong = (ids != gt_ids) & (gt_ids != 255)
+    assert wrong[: HEIGHT // 2].any() and not wrong[HEIGHT // 2 :].any()
+    assert (got[wrong] == (255, 0, 0)).all()
+    np.testing.assert_array_equal(got[~wrong], (rgb[~wrong] * 0.4).astype(np.uint8))
+
+
+def test_error_is_not_offered_without_ground_truth(graph):
+    g = graph()
+    assert 'error' not in g.node.image_publishers and 'confidence' in g.node.image_publishers
+
+
+def test_a_model_without_confidence_logs_once_and_the_other_outputs_go_on(
+    ros_context, tiny_model, tmp_path
+):
+    onnx = pytest.importorskip('onnx')
+    proto = onnx.load(str(tiny_model))
+    outputs = [o for o in proto.graph.output if o.name != 'confidence']
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    old = tmp_path / 'old.onnx'
+    onnx.save(proto, str(old))
+    g = Graph(ros_context, old)
+    try:
+        logged: list[str] = []
+        g.node.core.processor.log_unavailable = logged.append
+        masks, confidence = (
+            g.subscribe('/semseg_node/mask'),
+            g.subscribe('/semseg_node/confidence'),
+        )
+        camera = g.publisher(Image, CAMERA)
+        g.wait(connected(camera), what='the node to subscribe the camera')
+        g.wait(lambda: g.node.wanted_outputs().confidence, what='our subscriptions to match')
+        for k in range(2):
+            camera.publish(image_msg(camera_frame(k), 'bgra8', sec=40 + k))
+            g.wait(lambda k=k: len(masks) == k + 1, what=f'mask {k}')
+        assert not confidence
+        assert len(logged) == 1 and '~/confidence is unavailable for this model' in logged[0]
+    finally:
+        g.close()

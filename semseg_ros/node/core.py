@@ -60,6 +60,7 @@ from semseg_ros.node.params import (
     check_choice,
 )
 from semseg_ros.node.statistics import LatencyStats, RateMeter, stamp_of, stamp_to_ns
+from semseg_ros.visualize import error_image
 from semseg_ros.visualize import overlay as blend
 
 T = TypeVar('T')
@@ -142,9 +143,11 @@ class Outputs:
     mask: bool = True
     color: bool = True
     overlay: bool = True
+    confidence: bool = False  # the model's confidence (mono8), when it has that output
+    error: bool = False  # wrong pixels against ground truth: published when matched
 
     def any(self) -> bool:
-        return self.mask or self.color or self.overlay
+        return self.mask or self.color or self.overlay or self.confidence or self.error
 
     def names(self) -> tuple[str, ...]:
         return tuple(name for name in OUTPUT_TOPICS if getattr(self, name))
@@ -185,6 +188,7 @@ class ProcessedFrame:
     ids: np.ndarray
     processing_s: float
     timings: Any = None
+    rgb: np.ndarray | None = None  # (H, W, 3) uint8, kept only when ~/error is wanted
 
 
 class FrameProcessor:
@@ -201,6 +205,9 @@ class FrameProcessor:
     ) -> None:
         check_choice('color_encoding', color_encoding, COLOR_ENCODINGS)
         self.segmenter = segmenter
+        #: Logs once that this model has no confidence output (the node sets a logger).
+        self.log_unavailable: Callable[[str], object] | None = None
+        self._unavailable_logged = False
         if palette is not None and palette.num_classes != segmenter.class_set.num_classes:
             msg = (
                 f'class_set {palette.name!r} has {palette.num_classes} classes but the model '
@@ -237,9 +244,19 @@ class FrameProcessor:
         start = time.perf_counter()
         display = self.display  # one snapshot per frame: a live change never tears a frame
         rgb = frame_to_rgb(image)  # (H, W, 3) uint8
-        result = self.segmenter.segment(rgb)
-        ids = result.ids  # (H, W) uint8
         images: dict[str, ImageFields] = {}
+        segment_with_confidence = getattr(self.segmenter, 'segment_with_confidence', None)
+        if outputs.confidence and segment_with_confidence is not None:
+            result, confidence = segment_with_confidence(rgb)
+            if confidence is not None:
+                images['confidence'] = array_to_image_fields(confidence, 'mono8')
+            else:
+                self.confidence_unavailable()
+        else:
+            result = self.segmenter.segment(rgb)
+            if outputs.confidence:
+                self.confidence_unavailable()
+        ids = result.ids  # (H, W) uint8
         if outputs.mask:
             images['mask'] = array_to_image_fields(ids, 'mono8')
         if outputs.color or outputs.overlay:
@@ -250,7 +267,21 @@ class FrameProcessor:
                 overlay = blend(rgb, color, display.overlay_alpha)
                 images['overlay'] = self._encode(overlay, display.color_encoding)
         elapsed = time.perf_counter() - start
-        return ProcessedFrame(header, images, ids, elapsed, getattr(result, 'timings', None))
+        timings = getattr(result, 'timings', None)
+        kept = rgb if outputs.error else None
+        return ProcessedFrame(header, images, ids, elapsed, timings, kept)
+
+    def confidence_unavailable(self) -> None:
+        """A frame wanted ~/confidence from a model without it: log that once."""
+        if self._unavailable_logged or self.log_unavailable is None:
+            return
+        self._unavailable_logged = True
+        self.log_unavailable(
+            f'{OUTPUT_TOPICS["confidence"]} is unavailable for this model: it has no '
+            f"'confidence' output (exported before it existed, or backend "
+            f'{self.segmenter.backend_name}); re-export it with semseg export for one. '
+            'The other outputs go on.'
+        )
 
     def _encode(self, rgb: np.ndarray, encoding: str | None = None) -> ImageFields:
         encoding = encoding or self.display.color_encoding
@@ -317,6 +348,7 @@ class NodeCore:
             palette=get_class_set(params.class_set) if params.class_set else None,
             highlight_classes=params.highlight_classes,
         )
+        self.processor.log_unavailable = log_warning
         self.slot: LatestFrameSlot[ReceivedFrame] = LatestFrameSlot()
         self.input_rate = RateMeter(clock=clock)
         self.output_rate = RateMeter(clock=clock)
@@ -335,6 +367,10 @@ class NodeCore:
         self.matcher: GroundTruthMatcher[Any] | None = None
         self.iou: OnlineIoU | None = None
         self._evaluations: deque[tuple[np.ndarray, Any]] = deque(maxlen=4)
+        #: stamp -> (camera RGB, header) of frames whose ~/error waits for its ground truth.
+        self._error_inputs: dict[Any, tuple[np.ndarray, Any]] = {}
+        self._error_capacity = gt_capacity
+        self._publish: Callable[[ProcessedFrame], object] | None = None
         if params.ground_truth:
             try:
                 self.iou = OnlineIoU(params.gt_class_set, segmenter.class_set)
@@ -396,6 +432,7 @@ class NodeCore:
         timeout: float | None = 0.1,
     ) -> ProcessedFrame | None:
         """Take the newest frame, process the outputs wanted now, publish; None if none."""
+        self._publish = publish  # for ~/error images, published when their truth is matched
         self._score_pending()
         frame = self.slot.take(timeout)
         if frame is None:
@@ -430,6 +467,8 @@ class NodeCore:
             self.latency.add((self._now_ns() - stamp_to_ns(stamp_of(frame.header))) / 1e9)
         self.processing.add(result.processing_s)
         if self.matcher is not None:
+            if result.rgb is not None:
+                self._keep_for_error(stamp_of(frame.header), result.rgb, frame.header)
             pair = self.matcher.add_prediction(stamp_of(frame.header), result.ids)
             if pair is not None:
                 self._score(*pair)
@@ -442,9 +481,27 @@ class NodeCore:
     def _score(self, pred_ids: np.ndarray, gt_msg: Any) -> None:
         assert self.iou is not None
         try:
-            self.iou.update(pred_ids, frame_to_rgb(gt_msg))
+            gt_rgb = frame_to_rgb(gt_msg)
+            self.iou.update(pred_ids, gt_rgb)
         except ImageFormatError as err:
             self.bad_ground_truth(err)
+            return
+        self._publish_error(stamp_of(gt_msg.header), pred_ids, gt_rgb)
+
+    def _keep_for_error(self, stamp: Any, rgb: np.ndarray, header: Any) -> None:
+        self._error_inputs[stamp] = (rgb, header)
+        while len(self._error_inputs) > self._error_capacity:  # truth that never came
+            del self._error_inputs[next(iter(self._error_inputs))]
+
+    def _publish_error(self, stamp: Any, pred_ids: np.ndarray, gt_rgb: np.ndarray) -> None:
+        """~/error for a matched frame, when it was wanted (its camera image was kept)."""
+        kept = self._error_inputs.pop(stamp, None)
+        if kept is None or self._publish is None or self.iou is None:
+            return
+        rgb, header = kept
+        picture = error_image(rgb, pred_ids, self.iou.gt_ids(gt_rgb))  # (H, W, 3) RGB
+        fields = array_to_image_fields(picture, 'rgb8')
+        self._publish(ProcessedFrame(header, {'error': fields}, pred_ids, 0.0))
 
     def run(
         self,

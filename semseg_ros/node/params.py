@@ -23,7 +23,13 @@ NODE_NAME = 'semseg_node'
 INPUT_TOPIC = 'image'
 GROUND_TRUTH_TOPIC = 'ground_truth'
 #: Output name -> topic (private names: ``/<namespace>/semseg_node/mask`` and so on).
-OUTPUT_TOPICS: dict[str, str] = {'mask': '~/mask', 'color': '~/color', 'overlay': '~/overlay'}
+OUTPUT_TOPICS: dict[str, str] = {
+    'mask': '~/mask',
+    'color': '~/color',
+    'overlay': '~/overlay',
+    'confidence': '~/confidence',  # mono8, 255 = certain; models with a confidence output
+    'error': '~/error',  # rgb8, wrong pixels red; only with ground_truth
+}
 DIAGNOSTICS_TOPIC = '/diagnostics'
 DIAGNOSTICS_PERIOD_S = 1.0
 #: Outputs are published RELIABLE with this depth, like the bridge's cameras, so reliable

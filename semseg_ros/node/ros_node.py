@@ -136,6 +136,7 @@ class SemsegNode(Node):
                 ),
             )
             for name, topic in OUTPUT_TOPICS.items()
+            if name != 'error' or params.ground_truth  # ~/error needs the ground truth
         }
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         # Steady clock: diagnostics keep coming when simulation time stands still.
