@@ -69,6 +69,9 @@ class ModelFileError(ValueError):
 #: The optional second output of an exported model: per-pixel argmax as (N, H, W) uint8,
 #: so a runtime gets class ids without reading C float maps back (training.export adds it).
 IDS_OUTPUT_NAME = 'ids'
+#: The optional confidence output: the largest softmax probability per pixel as (N, H, W)
+#: uint8, 255 = certain (training.export adds it; files exported before have none).
+CONFIDENCE_OUTPUT_NAME = 'confidence'
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,14 @@ class ModelInfo:
         """The graph's uint8 class-id output (:data:`IDS_OUTPUT_NAME`), if it has one."""
         for tensor in self.outputs:
             if tensor.name == IDS_OUTPUT_NAME and tensor.dtype == 'uint8':
+                return tensor.name
+        return None
+
+    @property
+    def confidence_output(self) -> str | None:
+        """The graph's uint8 confidence output (:data:`CONFIDENCE_OUTPUT_NAME`), if any."""
+        for tensor in self.outputs:
+            if tensor.name == CONFIDENCE_OUTPUT_NAME and tensor.dtype == 'uint8':
                 return tensor.name
         return None
 

@@ -39,6 +39,8 @@ _TYPE_BY_LAST_NAME = {
     'mask': 'sensor_msgs/msg/Image',
     'color': 'sensor_msgs/msg/Image',
     'overlay': 'sensor_msgs/msg/Image',
+    'confidence': 'sensor_msgs/msg/Image',
+    'error': 'sensor_msgs/msg/Image',
     'camera_info': 'sensor_msgs/msg/CameraInfo',
     'diagnostics': 'diagnostic_msgs/msg/DiagnosticArray',
     'clock': 'rosgraph_msgs/msg/Clock',

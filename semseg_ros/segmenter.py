@@ -154,6 +154,27 @@ class Segmenter:
             t3 = time.perf_counter()
         return SegmentResult(ids, Timings(t1 - t0, t2 - t1, t3 - t2))
 
+    def segment_with_confidence(
+        self, frame: np.ndarray, *, encoding: str = 'rgb8'
+    ) -> tuple[SegmentResult, np.ndarray | None]:
+        """Like :meth:`segment`, plus the model's confidence restored to the frame (the same
+        nearest restore as the ids; cropped rows 0: the model never saw them), or None when
+        the model has no confidence output. Shape: -> ids (H, W), confidence (H, W) uint8.
+        """
+        with self._lock:
+            t0 = time.perf_counter()
+            rgb = self._to_rgb(frame, encoding)
+            prepare(rgb, self.input_spec, out=self._batch[0])
+            t1 = time.perf_counter()
+            small, small_conf = self.engine.infer_ids_and_confidence(self._batch)
+            t2 = time.perf_counter()
+            ids = restore_ids(small[0], self.input_spec, rgb.shape, self.fill_id)  # (H, W)
+            conf = None
+            if small_conf is not None:
+                conf = restore_ids(small_conf[0], self.input_spec, rgb.shape, 0)  # (H, W)
+            t3 = time.perf_counter()
+        return SegmentResult(ids, Timings(t1 - t0, t2 - t1, t3 - t2)), conf
+
     def segment_batch(
         self, frames: Sequence[np.ndarray], *, encoding: str = 'rgb8'
     ) -> list[SegmentResult]:

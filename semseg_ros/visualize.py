@@ -23,6 +23,27 @@ def overlay(rgb: np.ndarray, color_mask: np.ndarray, alpha: float = 0.5) -> np.n
     return cv2.addWeighted(rgb, 1.0 - alpha, color_mask, alpha, 0.0)
 
 
+def error_image(
+    rgb: np.ndarray,
+    pred_ids: np.ndarray,
+    gt_ids: np.ndarray,
+    *,
+    ignore_id: int = 255,
+    dim: float = 0.4,
+) -> np.ndarray:
+    """Where the mask disagrees with ground truth: red over the camera image dimmed to
+    ``dim`` (pixels whose truth is ``ignore_id`` never count as wrong).
+
+    Shape: rgb (H, W, 3) uint8, pred_ids / gt_ids (H, W) uint8 -> (H, W, 3) uint8 RGB.
+    """
+    if pred_ids.shape != gt_ids.shape or rgb.shape[:2] != pred_ids.shape:
+        msg = f'error_image: image {rgb.shape}, mask {pred_ids.shape}, truth {gt_ids.shape}'
+        raise ValueError(msg + ' differ in size')
+    out = (rgb.astype(np.float32) * dim).astype(np.uint8)
+    out[(pred_ids != gt_ids) & (gt_ids != ignore_id)] = (255, 0, 0)
+    return out
+
+
 def caption(image: np.ndarray, text: str, *, height: int = 22) -> np.ndarray:
     """The image with a dark strip of text above it."""
     strip = np.full((height, image.shape[1], 3), 32, np.uint8)

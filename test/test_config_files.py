@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from semseg_ros.node.live_params import normalize_highlight
 from semseg_ros.node.params import NODE_NAME, OUTPUT_TOPICS, PARAMETERS, NodeParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,11 @@ def test_params_file_defaults_are_typed_as_declared():
     document = yaml.safe_load((CONFIG / 'semseg.yaml').read_text())
     (section,) = document.values()
     for f in dataclasses.fields(NodeParams):
-        assert type(section['ros__parameters'][f.name]) is type(f.default), f.name
+        value = section['ros__parameters'][f.name]
+        if f.name == 'highlight_classes':  # rcl's YAML has no empty list: '' stands for none
+            assert normalize_highlight(value) == f.default
+            continue
+        assert type(value) is type(f.default), f.name
 
 
 # --- carla_objects.json -----------------------------------------------------------------------
@@ -103,13 +108,15 @@ def launch_default(argument: str) -> str:
     raise AssertionError(argument)
 
 
-def test_rviz_shows_camera_colour_mask_and_overlay():
+def test_rviz_shows_camera_colour_mask_overlay_confidence_and_errors():
     topics = {name: topic['Value'] for name, topic in image_displays().items()}
     node = f'/{NODE_NAME}/'
     assert topics == {
         'Camera': launch_default('image_topic'),
         'Segmentation': node + OUTPUT_TOPICS['color'].removeprefix('~/'),
         'Overlay': node + OUTPUT_TOPICS['overlay'].removeprefix('~/'),
+        'Confidence': node + OUTPUT_TOPICS['confidence'].removeprefix('~/'),
+        'Errors': node + OUTPUT_TOPICS['error'].removeprefix('~/'),
     }
 
 

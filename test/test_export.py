@@ -114,6 +114,13 @@ def test_ids_output_is_the_argmax_of_the_logits(exported, precision):
     logits, ids = ort.InferenceSession(str(path)).run(['logits', 'ids'], {'image': x})
     assert ids.dtype == np.uint8 and ids.shape == (2, 40, 56)
     np.testing.assert_array_equal(ids, logits.argmax(1))
+    assert read_model_info(path).confidence_output == 'confidence'
+    (confidence,) = ort.InferenceSession(str(path)).run(['confidence'], {'image': x})
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)  # (N, C, h, w) softmax
+    expected = (probabilities.max(1) * 255).astype(np.uint8)  # (N, h, w)
+    assert confidence.dtype == np.uint8 and confidence.shape == (2, 40, 56)
+    assert np.abs(confidence.astype(int) - expected).max() <= 1  # float rounding at the cast
 
 
 def test_fp16_variant_agrees_with_fp32(exported):
@@ -122,8 +129,9 @@ def test_fp16_variant_agrees_with_fp32(exported):
     assert agreement >= 0.99
     info = read_model_info(path)
     assert info.precision == 'fp16'
-    # FP32 I/O kept (and the uint8 ids)
-    assert [t.dtype for t in info.inputs + info.outputs] == ['float32', 'float32', 'uint8']
+    # FP32 I/O kept (and the uint8 ids and confidence)
+    dtypes = [t.dtype for t in info.inputs + info.outputs]
+    assert dtypes == ['float32', 'float32', 'uint8', 'uint8']
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 

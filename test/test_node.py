@@ -31,6 +31,7 @@ from test_bag import export_tiny_model  # noqa: E402
 
 from semseg_ros.ground_truth import OnlineIoU  # noqa: E402
 from semseg_ros.labels import CARLA23, LYFT13, remap  # noqa: E402
+from semseg_ros.node.live_params import LIVE_PARAMETERS, ros_description  # noqa: E402
 from semseg_ros.node.params import PARAMETERS, NodeParams  # noqa: E402
 from semseg_ros.node.ros_node import SemsegNode  # noqa: E402
 from semseg_ros.segmenter import Segmenter  # noqa: E402
@@ -198,18 +199,82 @@ def test_outputs_are_computed_only_when_subscribed(graph):
     assert report['frames published'] == '1' and report['frames received'] == '2'
 
 
-def test_every_parameter_is_declared_with_its_description_and_read_only(graph):
+def test_every_parameter_is_declared_with_its_description_and_live_or_read_only(graph):
     g = graph()
-    declared = {p.name for p in PARAMETERS} - {'use_sim_time'}  # rclpy declares that one
-    descriptors = g.node.describe_parameters(sorted(declared))
+    declared = sorted({p.name for p in PARAMETERS} - {'use_sim_time'})  # rclpy declares that
+    descriptors = dict(zip(declared, g.node.describe_parameters(declared), strict=True))
     for spec in PARAMETERS:
-        if spec.name in declared:
-            descriptor = descriptors[sorted(declared).index(spec.name)]
-            assert descriptor.description == spec.metadata['description'], spec.name
-            assert descriptor.read_only, f'{spec.name} needs a restart: it must be read-only'
-    (result,) = g.node.set_parameters([Parameter('overlay_alpha', value=0.9)])
+        if spec.name in descriptors:
+            descriptor = descriptors[spec.name]
+            assert descriptor.description == ros_description(
+                spec.name, spec.metadata['description']
+            )
+            live = spec.name in LIVE_PARAMETERS
+            assert descriptor.read_only is not live, spec.name
+            assert ('Read-only' in descriptor.description) is not live, spec.name
+    (result,) = g.node.set_parameters([Parameter('qos_depth', value=9)])
     assert not result.successful and 'read-only' in result.reason
-    assert g.node.get_parameter('qos_reliability').value == 'best_available'
+    assert g.node.get_parameter('qos_depth').value == 5
+
+
+@pytest.mark.parametrize(
+    ('name', 'value', 'expected'),
+    [
+        ('overlay_alpha', 1.5, 'overlay_alpha 1.5 is outside 0..1'),
+        ('overlay_alpha', 'half', "'half'"),
+        ('color_encoding', 'yuv422', "color_encoding 'yuv422'"),
+        ('highlight_classes', ['Roads', 'rod'], "no class 'rod' in class set lyft13"),
+        ('highlight_classes', [13], 'class id 13 is outside 0..12'),
+    ],
+)
+def test_a_bad_live_value_is_refused_naming_it_and_nothing_changes(graph, name, value, expected):
+    g = graph()
+    before, stored = g.node.core.processor.display, g.node.get_parameter(name).value
+    (result,) = g.node.set_parameters([Parameter(name, value=value)])
+    assert not result.successful and expected in result.reason, result.reason
+    assert g.node.core.processor.display is before  # the next frames look as before
+    assert g.node.get_parameter(name).value == stored
+
+
+def test_display_parameters_change_the_published_images_while_running(graph, segmenter):
+    g = graph()
+    color, overlay = g.subscribe('/semseg_node/color'), g.subscribe('/semseg_node/overlay')
+    camera = g.publisher(Image, CAMERA)
+    g.wait(connected(camera), what='the node to subscribe the camera')
+    g.wait(lambda: g.node.wanted_outputs().overlay, what='our subscriptions to match')
+    bgra = camera_frame(0)
+    rgb = bgra[..., 2::-1].copy()
+    ids = segmenter.segment(rgb).ids
+    camera.publish(image_msg(bgra, 'bgra8', sec=1))
+    g.wait(lambda: len(overlay) == 1 and len(color) == 1, what='the first frame')
+    np.testing.assert_array_equal(as_array(color[0]), LYFT13.id_to_color(ids))
+
+    highlighted = int(np.bincount(ids.ravel()).argmax())  # the most frequent class
+    results = g.node.set_parameters(
+        [
+            Parameter('overlay_alpha', value=1.0),
+            Parameter('color_encoding', value='bgr8'),
+            Parameter('highlight_classes', value=[LYFT13.names[highlighted]]),
+        ]
+    )
+    assert all(r.successful for r in results), results
+    assert g.node.core.processor.display.highlight == (highlighted,)
+    camera.publish(image_msg(bgra, 'bgra8', sec=2))
+    g.wait(lambda: len(overlay) == 2 and len(color) == 2, what='the second frame')
+    got_color, got_overlay = as_array(color[1]), as_array(overlay[1])
+    assert color[1].encoding == overlay[1].encoding == 'bgr8'
+    np.testing.assert_array_equal(got_overlay, got_color)  # alpha 1: the mask alone
+    got_rgb = got_color[..., ::-1]
+    keep = ids == highlighted
+    np.testing.assert_array_equal(got_rgb[keep], LYFT13.id_to_color(ids)[keep])
+    others = got_rgb[~keep]
+    assert (others[:, 0] == others[:, 1]).all() and (others[:, 1] == others[:, 2]).all()
+
+    # By id too, and back to none highlighted.
+    (result,) = g.node.set_parameters([Parameter('highlight_classes', value=[highlighted])])
+    assert result.successful and g.node.core.processor.display.highlight == (highlighted,)
+    (result,) = g.node.set_parameters([Parameter('highlight_classes', value=[])])
+    assert result.successful and g.node.core.processor.display.highlight == ()
 
 
 @pytest.mark.parametrize('namespace', ['/', '/carla', '/a/b'])
@@ -254,7 +319,7 @@ def test_a_qos_override_changes_that_topic_only(graph):
         assert qos_of(g.peer, f'/semseg_node/{name}', publishers=True).reliability == reliable
     # ... and what the endpoints were created with.
     depths = {name: pub.qos_profile.depth for name, pub in g.node.image_publishers.items()}
-    assert depths == {'mask': 3, 'color': 10, 'overlay': 10}
+    assert depths == {'mask': 3, 'color': 10, 'overlay': 10, 'confidence': 10, 'error': 10}
     assert g.node.gt_subscription.qos_profile.depth == g.node.image_subscription.qos_profile.depth
 
 
@@ -501,3 +566,72 @@ def test_frames_lost_in_transport_are_counted(ros_env, ros_context, tiny_model, 
     assert count['received'] == sum(
         count[k] for k in ('published', 'dropped', 'failed', 'skipped', 'pending')
     ), values
+
+
+# --- Confidence and error ----------------------------------------------------------------------
+
+
+def test_confidence_and_error_are_published_when_subscribed(graph, segmenter):
+    g = graph(ground_truth=True)
+    confidence, error = g.subscribe('/semseg_node/confidence'), g.subscribe('/semseg_node/error')
+    camera, seg_camera = g.publisher(Image, CAMERA), g.publisher(Image, SEG_CAMERA)
+    g.wait(lambda: connected(camera)() and connected(seg_camera)(), what='both subscriptions')
+    g.wait(lambda: g.node.wanted_outputs().error, what='our subscriptions to match')
+    assert g.node.wanted_outputs().confidence and not g.node.wanted_outputs().mask
+    bgra = camera_frame(0)
+    rgb = bgra[..., 2::-1].copy()
+    result, expected_confidence = segmenter.segment_with_confidence(rgb)
+    ids = result.ids
+    truth = ids.copy()
+    truth[: HEIGHT // 2] = (truth[: HEIGHT // 2] + 1) % 13  # wrong in the top half
+    gt_rgb = CARLA23.id_to_color(remap(truth, LYFT13, CARLA23))
+    gt_bgra = np.concatenate([gt_rgb[..., ::-1], np.full_like(gt_rgb[..., :1], 255)], -1)
+    camera.publish(image_msg(bgra, 'bgra8', sec=30))
+    seg_camera.publish(image_msg(gt_bgra, 'bgra8', sec=30))
+    g.wait(lambda: len(confidence) == 1 and len(error) == 1, what='confidence and error')
+    assert confidence[0].encoding == 'mono8' and error[0].encoding == 'rgb8'
+    for msg in (confidence[0], error[0]):
+        assert msg.header.stamp.sec == 30 and msg.header.frame_id == FRAME_ID
+    np.testing.assert_array_equal(as_array(confidence[0]), expected_confidence)
+    assert expected_confidence.dtype == np.uint8 and expected_confidence.max() > 0
+    got = as_array(error[0])
+    gt_ids = OnlineIoU('carla23', 'lyft13').gt_ids(gt_rgb)
+    wrong = (ids != gt_ids) & (gt_ids != 255)
+    assert wrong[: HEIGHT // 2].any() and not wrong[HEIGHT // 2 :].any()
+    assert (got[wrong] == (255, 0, 0)).all()
+    np.testing.assert_array_equal(got[~wrong], (rgb[~wrong] * 0.4).astype(np.uint8))
+
+
+def test_error_is_not_offered_without_ground_truth(graph):
+    g = graph()
+    assert 'error' not in g.node.image_publishers and 'confidence' in g.node.image_publishers
+
+
+def test_a_model_without_confidence_logs_once_and_the_other_outputs_go_on(
+    ros_context, tiny_model, tmp_path
+):
+    onnx = pytest.importorskip('onnx')
+    proto = onnx.load(str(tiny_model))
+    outputs = [o for o in proto.graph.output if o.name != 'confidence']
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    old = tmp_path / 'old.onnx'
+    onnx.save(proto, str(old))
+    g = Graph(ros_context, old)
+    try:
+        logged: list[str] = []
+        g.node.core.processor.log_unavailable = logged.append
+        masks, confidence = (
+            g.subscribe('/semseg_node/mask'),
+            g.subscribe('/semseg_node/confidence'),
+        )
+        camera = g.publisher(Image, CAMERA)
+        g.wait(connected(camera), what='the node to subscribe the camera')
+        g.wait(lambda: g.node.wanted_outputs().confidence, what='our subscriptions to match')
+        for k in range(2):
+            camera.publish(image_msg(camera_frame(k), 'bgra8', sec=40 + k))
+            g.wait(lambda k=k: len(masks) == k + 1, what=f'mask {k}')
+        assert not confidence
+        assert len(logged) == 1 and '~/confidence is unavailable for this model' in logged[0]
+    finally:
+        g.close()

@@ -46,6 +46,7 @@ from semseg_ros import __version__
 from semseg_ros.cli import parse_args
 from semseg_ros.labels import ClassSet
 from semseg_ros.model_file import (
+    CONFIDENCE_OUTPUT_NAME,
     IDS_OUTPUT_NAME,
     ModelFileError,
     ModelInfo,
@@ -162,6 +163,46 @@ def add_ids_output(proto: Any) -> None:
     )
 
 
+def add_confidence_output(proto: Any) -> None:
+    """Append ``confidence = Cast<uint8>(255 * ReduceMax(Softmax(logits, axis=1)))`` as a graph
+    output (in place): the largest class probability per pixel, (N, H, W) uint8, 255 =
+    certain (the cast truncates, as numpy's ``astype`` does). Small like ``ids``, and run
+    in the same pass: onnxruntime runs every output anyway.
+    """
+    from onnx import TensorProto, helper
+
+    opset = next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))
+    prob, top, scaled = 'confidence_softmax', 'confidence_max', 'confidence_scaled'
+    scale = helper.make_tensor('confidence_255', TensorProto.FLOAT, [], [255.0])
+    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18 on
+        axes = helper.make_tensor('confidence_axes', TensorProto.INT64, [1], [1])
+        proto.graph.initializer.append(axes)
+        reduce = helper.make_node(
+            'ReduceMax', [prob, axes.name], [top], name='confidence_reducemax', keepdims=0
+        )
+    else:
+        reduce = helper.make_node(
+            'ReduceMax', [prob], [top], name='confidence_reducemax', axes=[1], keepdims=0
+        )
+    proto.graph.initializer.append(scale)
+    proto.graph.node.extend(
+        [
+            helper.make_node('Softmax', [OUTPUT_NAME], [prob], name='confidence_softmax', axis=1),
+            reduce,
+            helper.make_node('Mul', [top, scale.name], [scaled], name='confidence_mul'),
+            helper.make_node(
+                'Cast', [scaled], [CONFIDENCE_OUTPUT_NAME], name='confidence_cast',
+                to=TensorProto.UINT8,
+            ),
+        ]
+    )  # fmt: skip
+    proto.graph.output.append(
+        helper.make_tensor_value_info(
+            CONFIDENCE_OUTPUT_NAME, TensorProto.UINT8, ['batch', 'height', 'width']
+        )
+    )
+
+
 def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: str) -> None:
     import onnx
 
@@ -224,6 +265,7 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     add_ids_output(proto)
+    add_confidence_output(proto)
     class_set = checkpoint.get_class_set()
     meta = metadata_dict(
         class_set,

@@ -79,6 +79,15 @@ class Engine(ABC):
         with self._lock:  # the logits buffer stays ours until the argmax has read it
             return logits_to_ids(self.infer(batch))
 
+    def infer_ids_and_confidence(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class ids and the model's confidence output, from one run.
+
+        Shape: (N, 3, h, w) float32 -> ((N, h, w) uint8 ids, (N, h, w) uint8 or None), the
+        confidence being 255 x the largest softmax probability. None when the backend or
+        the model file has no confidence output (models exported before it existed).
+        """
+        return self.infer_ids(batch), None
+
     def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing
         """Release the backend's resources (sessions, device memory)."""
 

@@ -131,6 +131,17 @@ class OnnxRuntimeEngine(Engine):
         # A fresh array per call, as the interface promises for ids (callers keep them).
         return self._run(batch, self._ids_output, np.empty((n, h, w), np.uint8))
 
+    def infer_ids_and_confidence(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        confidence = self.info.confidence_output
+        if confidence is None or self._ids_output is None:
+            return self.infer_ids(batch), None
+        batch = self.check_batch(batch)
+        with self._lock:  # one run for both outputs (onnxruntime runs the graph whole anyway)
+            ids, conf = self._session.run(
+                [self._ids_output, confidence], {self.info.input_name: batch}
+            )
+        return ids, conf
+
     def _run(self, batch: np.ndarray, output: str, out: np.ndarray) -> np.ndarray:
         """One output of one batch; on CPU onnxruntime writes straight into ``out``."""
         if self._binding is None:

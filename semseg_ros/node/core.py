@@ -47,6 +47,7 @@ from semseg_ros.imaging import (
 )
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from semseg_ros.node.diagnostics import diagnostics_status
+from semseg_ros.node.live_params import DisplaySettings
 from semseg_ros.node.params import (
     COLOR_ENCODINGS,
     GROUND_TRUTH_TOPIC,
@@ -59,6 +60,7 @@ from semseg_ros.node.params import (
     check_choice,
 )
 from semseg_ros.node.statistics import LatencyStats, RateMeter, stamp_of, stamp_to_ns
+from semseg_ros.visualize import error_image
 from semseg_ros.visualize import overlay as blend
 
 T = TypeVar('T')
@@ -141,9 +143,11 @@ class Outputs:
     mask: bool = True
     color: bool = True
     overlay: bool = True
+    confidence: bool = False  # the model's confidence (mono8), when it has that output
+    error: bool = False  # wrong pixels against ground truth: published when matched
 
     def any(self) -> bool:
-        return self.mask or self.color or self.overlay
+        return self.mask or self.color or self.overlay or self.confidence or self.error
 
     def names(self) -> tuple[str, ...]:
         return tuple(name for name in OUTPUT_TOPICS if getattr(self, name))
@@ -184,6 +188,7 @@ class ProcessedFrame:
     ids: np.ndarray
     processing_s: float
     timings: Any = None
+    rgb: np.ndarray | None = None  # (H, W, 3) uint8, kept only when ~/error is wanted
 
 
 class FrameProcessor:
@@ -196,11 +201,13 @@ class FrameProcessor:
         color_encoding: str = 'rgb8',
         overlay_alpha: float = 0.5,
         palette: ClassSet | None = None,
+        highlight_classes: Any = (),
     ) -> None:
         check_choice('color_encoding', color_encoding, COLOR_ENCODINGS)
         self.segmenter = segmenter
-        self.color_encoding = color_encoding
-        self.overlay_alpha = float(overlay_alpha)
+        #: Logs once that this model has no confidence output (the node sets a logger).
+        self.log_unavailable: Callable[[str], object] | None = None
+        self._unavailable_logged = False
         if palette is not None and palette.num_classes != segmenter.class_set.num_classes:
             msg = (
                 f'class_set {palette.name!r} has {palette.num_classes} classes but the model '
@@ -210,6 +217,24 @@ class FrameProcessor:
             raise NodeStartupError(msg)
         #: The class set whose colours ~/color and ~/overlay use (the ``class_set`` param).
         self.palette = segmenter.class_set if palette is None else palette
+        try:
+            #: The live display values, swapped as a whole (see node/live_params.py).
+            self.display = DisplaySettings.create(
+                self.palette,
+                color_encoding=color_encoding,
+                overlay_alpha=overlay_alpha,
+                highlight_classes=highlight_classes,
+            )
+        except ParamError as err:
+            raise NodeStartupError(f'invalid parameter: {err}') from err
+
+    @property
+    def color_encoding(self) -> str:
+        return self.display.color_encoding
+
+    @property
+    def overlay_alpha(self) -> float:
+        return self.display.overlay_alpha
 
     def process(self, image: Any, header: Any, outputs: Outputs = ALL_OUTPUTS) -> ProcessedFrame:
         """Segment one frame. ``image``: an Image message or ImageFields.
@@ -217,23 +242,50 @@ class FrameProcessor:
         Raises :class:`~semseg_ros.imaging.ImageFormatError` for a malformed frame.
         """
         start = time.perf_counter()
+        display = self.display  # one snapshot per frame: a live change never tears a frame
         rgb = frame_to_rgb(image)  # (H, W, 3) uint8
-        result = self.segmenter.segment(rgb)
-        ids = result.ids  # (H, W) uint8
         images: dict[str, ImageFields] = {}
+        segment_with_confidence = getattr(self.segmenter, 'segment_with_confidence', None)
+        if outputs.confidence and segment_with_confidence is not None:
+            result, confidence = segment_with_confidence(rgb)
+            if confidence is not None:
+                images['confidence'] = array_to_image_fields(confidence, 'mono8')
+            else:
+                self.confidence_unavailable()
+        else:
+            result = self.segmenter.segment(rgb)
+            if outputs.confidence:
+                self.confidence_unavailable()
+        ids = result.ids  # (H, W) uint8
         if outputs.mask:
             images['mask'] = array_to_image_fields(ids, 'mono8')
         if outputs.color or outputs.overlay:
-            color = self.palette.id_to_color(ids)  # (H, W, 3) RGB, once for both outputs
+            color = display.colorize(ids)  # (H, W, 3) RGB, once for both outputs
             if outputs.color:
-                images['color'] = self._encode(color)
+                images['color'] = self._encode(color, display.color_encoding)
             if outputs.overlay:
-                images['overlay'] = self._encode(blend(rgb, color, self.overlay_alpha))
+                overlay = blend(rgb, color, display.overlay_alpha)
+                images['overlay'] = self._encode(overlay, display.color_encoding)
         elapsed = time.perf_counter() - start
-        return ProcessedFrame(header, images, ids, elapsed, getattr(result, 'timings', None))
+        timings = getattr(result, 'timings', None)
+        kept = rgb if outputs.error else None
+        return ProcessedFrame(header, images, ids, elapsed, timings, kept)
 
-    def _encode(self, rgb: np.ndarray) -> ImageFields:
-        return array_to_image_fields(from_rgb(rgb, self.color_encoding), self.color_encoding)
+    def confidence_unavailable(self) -> None:
+        """A frame wanted ~/confidence from a model without it: log that once."""
+        if self._unavailable_logged or self.log_unavailable is None:
+            return
+        self._unavailable_logged = True
+        self.log_unavailable(
+            f'{OUTPUT_TOPICS["confidence"]} is unavailable for this model: it has no '
+            f"'confidence' output (exported before it existed, or backend "
+            f'{self.segmenter.backend_name}); re-export it with semseg export for one. '
+            'The other outputs go on.'
+        )
+
+    def _encode(self, rgb: np.ndarray, encoding: str | None = None) -> ImageFields:
+        encoding = encoding or self.display.color_encoding
+        return array_to_image_fields(from_rgb(rgb, encoding), encoding)
 
 
 # --- The node minus ROS ----------------------------------------------------------------------
@@ -294,7 +346,9 @@ class NodeCore:
             color_encoding=params.color_encoding,
             overlay_alpha=params.overlay_alpha,
             palette=get_class_set(params.class_set) if params.class_set else None,
+            highlight_classes=params.highlight_classes,
         )
+        self.processor.log_unavailable = log_warning
         self.slot: LatestFrameSlot[ReceivedFrame] = LatestFrameSlot()
         self.input_rate = RateMeter(clock=clock)
         self.output_rate = RateMeter(clock=clock)
@@ -313,6 +367,10 @@ class NodeCore:
         self.matcher: GroundTruthMatcher[Any] | None = None
         self.iou: OnlineIoU | None = None
         self._evaluations: deque[tuple[np.ndarray, Any]] = deque(maxlen=4)
+        #: stamp -> (camera RGB, header) of frames whose ~/error waits for its ground truth.
+        self._error_inputs: dict[Any, tuple[np.ndarray, Any]] = {}
+        self._error_capacity = gt_capacity
+        self._publish: Callable[[ProcessedFrame], object] | None = None
         if params.ground_truth:
             try:
                 self.iou = OnlineIoU(params.gt_class_set, segmenter.class_set)
@@ -374,6 +432,7 @@ class NodeCore:
         timeout: float | None = 0.1,
     ) -> ProcessedFrame | None:
         """Take the newest frame, process the outputs wanted now, publish; None if none."""
+        self._publish = publish  # for ~/error images, published when their truth is matched
         self._score_pending()
         frame = self.slot.take(timeout)
         if frame is None:
@@ -408,6 +467,8 @@ class NodeCore:
             self.latency.add((self._now_ns() - stamp_to_ns(stamp_of(frame.header))) / 1e9)
         self.processing.add(result.processing_s)
         if self.matcher is not None:
+            if result.rgb is not None:
+                self._keep_for_error(stamp_of(frame.header), result.rgb, frame.header)
             pair = self.matcher.add_prediction(stamp_of(frame.header), result.ids)
             if pair is not None:
                 self._score(*pair)
@@ -420,9 +481,27 @@ class NodeCore:
     def _score(self, pred_ids: np.ndarray, gt_msg: Any) -> None:
         assert self.iou is not None
         try:
-            self.iou.update(pred_ids, frame_to_rgb(gt_msg))
+            gt_rgb = frame_to_rgb(gt_msg)
+            self.iou.update(pred_ids, gt_rgb)
         except ImageFormatError as err:
             self.bad_ground_truth(err)
+            return
+        self._publish_error(stamp_of(gt_msg.header), pred_ids, gt_rgb)
+
+    def _keep_for_error(self, stamp: Any, rgb: np.ndarray, header: Any) -> None:
+        self._error_inputs[stamp] = (rgb, header)
+        while len(self._error_inputs) > self._error_capacity:  # truth that never came
+            del self._error_inputs[next(iter(self._error_inputs))]
+
+    def _publish_error(self, stamp: Any, pred_ids: np.ndarray, gt_rgb: np.ndarray) -> None:
+        """~/error for a matched frame, when it was wanted (its camera image was kept)."""
+        kept = self._error_inputs.pop(stamp, None)
+        if kept is None or self._publish is None or self.iou is None:
+            return
+        rgb, header = kept
+        picture = error_image(rgb, pred_ids, self.iou.gt_ids(gt_rgb))  # (H, W, 3) RGB
+        fields = array_to_image_fields(picture, 'rgb8')
+        self._publish(ProcessedFrame(header, {'error': fields}, pred_ids, 0.0))
 
     def run(
         self,

@@ -1,7 +1,9 @@
 """The node's parameters: one table, :class:`NodeParams`, with defaults and descriptions.
 
-The rclpy node declares every field as a read-only ROS parameter (rclpy reads the params
-file and the command line) and validates what it hands back here; ``config/semseg.yaml``
+The rclpy node declares every field as a ROS parameter (rclpy reads the params file and the
+command line) and validates what it hands back here; the display ones
+(:data:`~semseg_ros.node.live_params.LIVE_PARAMETERS`) change at run time, the rest are
+read-only; ``config/semseg.yaml``
 lists them all. Topic names and QoS constants the node, the tools and the tests share live
 here too.
 """
@@ -21,7 +23,13 @@ NODE_NAME = 'semseg_node'
 INPUT_TOPIC = 'image'
 GROUND_TRUTH_TOPIC = 'ground_truth'
 #: Output name -> topic (private names: ``/<namespace>/semseg_node/mask`` and so on).
-OUTPUT_TOPICS: dict[str, str] = {'mask': '~/mask', 'color': '~/color', 'overlay': '~/overlay'}
+OUTPUT_TOPICS: dict[str, str] = {
+    'mask': '~/mask',
+    'color': '~/color',
+    'overlay': '~/overlay',
+    'confidence': '~/confidence',  # mono8, 255 = certain; models with a confidence output
+    'error': '~/error',  # rgb8, wrong pixels red; only with ground_truth
+}
 DIAGNOSTICS_TOPIC = '/diagnostics'
 DIAGNOSTICS_PERIOD_S = 1.0
 #: Outputs are published RELIABLE with this depth, like the bridge's cameras, so reliable
@@ -74,6 +82,12 @@ class NodeParams:
     overlay_alpha: float = _param(
         0.5, 'Weight of the colour mask in ~/overlay, 0 (image only) to 1 (mask only).'
     )
+    highlight_classes: tuple[str, ...] = _param(
+        (),
+        'Classes to highlight in ~/color and ~/overlay, by name or id of the palette class '
+        'set (e.g. [road, car] or [7, 10]); the other classes are greyed. Empty = none '
+        'highlighted (every class in its colour).',
+    )
     qos_reliability: str = _param(
         'best_available',
         'Reliability of the image subscriptions: best_available (reliable when the publishers '
@@ -102,6 +116,9 @@ class NodeParams:
     )
 
     def __post_init__(self) -> None:
+        from semseg_ros.node.live_params import normalize_highlight  # imports this module
+
+        object.__setattr__(self, 'highlight_classes', normalize_highlight(self.highlight_classes))
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), f.default)
         object.__setattr__(self, 'overlay_alpha', float(self.overlay_alpha))

@@ -25,7 +25,7 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -33,12 +33,14 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 from semseg_ros.node.core import FrameWorker, NodeCore, Outputs, ProcessedFrame
+from semseg_ros.node.live_params import LIVE_PARAMETERS, ros_description
 from semseg_ros.node.params import (
     BUILTIN_PARAMETERS,
     DIAGNOSTICS_PERIOD_S,
@@ -50,6 +52,7 @@ from semseg_ros.node.params import (
     OUTPUT_TOPICS,
     PARAMETERS,
     NodeStartupError,
+    ParamError,
 )
 from semseg_ros.ros_env import use_fastdds_profile
 
@@ -78,9 +81,14 @@ class SemsegNode(Node):
         for spec in PARAMETERS:
             if spec.name not in BUILTIN_PARAMETERS:  # use_sim_time: rclpy declares it
                 descriptor = ParameterDescriptor(
-                    description=spec.metadata['description'], read_only=True
+                    description=ros_description(spec.name, spec.metadata['description']),
+                    read_only=spec.name not in LIVE_PARAMETERS,
+                    # Live ones take any type and check it themselves, so a refusal names
+                    # the value (and alpha takes 1 as well as 1.0; classes names or ids).
+                    dynamic_typing=spec.name in LIVE_PARAMETERS,
                 )
-                self.declare_parameter(spec.name, spec.default, descriptor)
+                default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+                self.declare_parameter(spec.name, default, descriptor)
         values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
         logger = self.get_logger()
         self.core = NodeCore.start(
@@ -128,6 +136,7 @@ class SemsegNode(Node):
                 ),
             )
             for name, topic in OUTPUT_TOPICS.items()
+            if name != 'error' or params.ground_truth  # ~/error needs the ground truth
         }
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         # Steady clock: diagnostics keep coming when simulation time stands still.
@@ -135,6 +144,10 @@ class SemsegNode(Node):
         self.diagnostics_timer = self.create_timer(
             DIAGNOSTICS_PERIOD_S, self.diagnostics_callback, clock=steady
         )
+
+        # Live display parameters: validated before rclpy stores them, applied after.
+        self.add_on_set_parameters_callback(self.check_parameters_callback)
+        self.add_post_set_parameters_callback(self.apply_parameters_callback)
 
         self.worker = FrameWorker(self.core, self.wanted_outputs, self.publish_outputs)
         self.worker.start()
@@ -183,6 +196,29 @@ class SemsegNode(Node):
             )
 
         return callback
+
+    def check_parameters_callback(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Refuse an invalid display value with a reason that names it (read-only ones never
+        get here: rclpy refuses them first)."""
+        changes = {p.name: p.value for p in parameters if p.name in LIVE_PARAMETERS}
+        if changes:
+            try:
+                self.core.processor.display.updated(changes)
+            except ParamError as err:
+                return SetParametersResult(successful=False, reason=str(err))
+        return SetParametersResult(successful=True)
+
+    def apply_parameters_callback(self, parameters: list[Parameter]) -> None:
+        """Swap the new display snapshot in: the worker's next frame uses it whole."""
+        changes = {p.name: p.value for p in parameters if p.name in LIVE_PARAMETERS}
+        if not changes:
+            return
+        processor = self.core.processor
+        processor.display = display = processor.display.updated(changes)
+        self.get_logger().info(
+            f'display: overlay_alpha {display.overlay_alpha}, color_encoding '
+            f'{display.color_encoding}, highlight_classes {display.highlight_names() or "none"}'
+        )
 
     def image_callback(self, msg: Image) -> None:
         self.core.on_image(msg)
