@@ -67,8 +67,9 @@ class NodeParams:
     )
     backend: str = _param(
         'auto',
-        f'Inference backend: one of {", ".join(BACKENDS)}; auto picks TensorRT, then '
-        'onnxruntime, by what is installed.',
+        f'Inference backend: one of {", ".join(BACKENDS)}; auto picks by what is installed '
+        'and the file: on a GPU TensorRT, then onnxruntime GPU, then PyTorch CUDA; on a CPU '
+        'OpenVINO for an FP32 ONNX, else onnxruntime. The log says what it chose and why.',
     )
     device: str = _param('auto', 'Device: auto, cpu, cuda or cuda:<index>.')
     class_set: str = _param(
