@@ -153,7 +153,7 @@ class SemsegNode(Node):
         self.worker.start()
         segmenter = self.core.segmenter
         logger.info(
-            f'{params.model_path} ({segmenter.class_set.name}, {segmenter.backend_name}): '
+            f'{params.model_path} ({segmenter.class_set.name}, {segmenter.selection}): '
             f'{self.image_subscription.topic_name} -> '
             f'{", ".join(p.topic_name for p in self.image_publishers.values())}'
         )
