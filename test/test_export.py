@@ -19,6 +19,7 @@ from training.export import (
     convert_fp16,
     export_onnx,
     main,
+    pad_inputs,
     quantize_int8,
 )
 from training.model import UNetConfig, build_model
@@ -103,27 +104,6 @@ def test_onnxruntime_matches_torch_at_other_sizes(exported, shape):
     np.testing.assert_array_equal(ids, expected.argmax(1))
 
 
-def pad_nodes(path: Path) -> list[tuple[list[int | str], set[str]]]:
-    """Each Pad of a model: (its pads input's shape after ONNX shape inference, the op types
-    of every node that pads input is computed from)."""
-    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
-    producers = {out: node for node in graph.node for out in node.output}
-    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
-              for v in graph.value_info}  # fmt: skip
-    shapes |= {t.name: list(t.dims) for t in graph.initializer}
-    found = []
-    for pad in (node for node in graph.node if node.op_type == 'Pad'):
-        ops, seen, todo = set(), set(), [pad.input[1]]
-        while todo:
-            name = todo.pop()
-            if name in producers and name not in seen:
-                seen.add(name)
-                ops.add(producers[name].op_type)
-                todo.extend(producers[name].input)
-        found.append((shapes.get(pad.input[1], ['unknown']), ops))
-    return found
-
-
 @pytest.mark.parametrize('pad_mode', ['replicate', 'constant'])
 def test_pads_have_a_static_length_and_follow_the_input_size(tmp_path, exported, pad_mode):
     """onnx-tensorrt's Pad importer wants a pads input of known length: 8 values (NCHW),
@@ -133,12 +113,13 @@ def test_pads_have_a_static_length_and_follow_the_input_size(tmp_path, exported,
     else:
         path = tmp_path / 'constant.onnx'
         export_onnx(make_checkpoint(tmp_path / 'constant.pt', pad_mode='constant'), path)
-    pads = pad_nodes(path)
+    pads = pad_inputs(path)
     assert len(pads) == 1  # the UNet's padding to a multiple of 2 ** depth
-    for shape, ops in pads:
-        assert shape == [8]
-        assert 'ConstantOfShape' not in ops
-        assert 'Shape' in ops  # the amounts follow the input size: the graph stays dynamic
+    for pad in pads:
+        assert pad['pads_shape'] == [8]
+        assert 'ConstantOfShape' not in pad['computed_from']
+        # The amounts follow the input size: the graph stays dynamic.
+        assert 'Shape' in pad['computed_from']
     from training.checkpoint import load_checkpoint
 
     model = load_checkpoint(path.with_suffix('.pt')).build_model()

@@ -243,6 +243,33 @@ def _static_pads_symbolic(g: Any, input: Any, pad: Any, mode: Any, value: Any) -
     return g.op('Pad', input, pads, fill, mode_s='constant')
 
 
+def pad_inputs(onnx_path: str | Path) -> list[dict[str, Any]]:
+    """Each ``Pad`` of a model and its ``pads`` input: the shape ONNX shape inference gives it
+    (``[8]`` for NCHW when its length is static; a ``dim_param`` name when it is not) and the
+    op types it is computed from (``ConstantOfShape`` in torch's dynamic form)."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path))).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in graph.value_info}  # fmt: skip
+    shapes |= {t.name: list(t.dims) for t in graph.initializer}
+    found = []
+    for pad in (node for node in graph.node if node.op_type == 'Pad'):
+        ops, seen, todo = set(), set(), [pad.input[1]]
+        while todo:  # every node upstream of the pads input
+            name = todo.pop()
+            if name in producers and name not in seen:
+                seen.add(name)
+                ops.add(producers[name].op_type)
+                todo.extend(producers[name].input)
+        found.append(
+            {'node': pad.name, 'pads': pad.input[1],
+             'pads_shape': shapes.get(pad.input[1], ['unknown']), 'computed_from': sorted(ops)}
+        )  # fmt: skip
+    return found
+
+
 def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: str) -> None:
     import onnx
 
