@@ -600,11 +600,58 @@ def bench_inference(*, quick: bool = False) -> list[Row]:
     return rows
 
 
+def bench_gpu(*, quick: bool = False) -> list[Row]:
+    """The torch engine on a CUDA GPU: engine-only and whole-Segmenter p50 / p99 and FPS at
+    800x600, batch 1 and 8, eager / CUDA graphs / torch.compile, next to the memory-traffic
+    floor. The measurement is :func:`semseg_ros.gpu_check.benchmark` (``semseg gpu-check``
+    runs the same); the model is :data:`BENCH_CHECKPOINT` when trained, else the same
+    architecture with random weights (the time does not depend on them)."""
+    import tempfile
+
+    from semseg_ros import gpu_check
+
+    cuda = gpu_check.cuda_facts()
+    if not cuda['available']:
+        note = f'skipped: no CUDA ({cuda["why"]}); run `semseg bench --only gpu` on a GPU'
+        return [Row('gpu', 'torch cuda', float('nan'), 'ms', None, note)]
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = BENCH_CHECKPOINT
+        if not checkpoint.is_file():
+            checkpoint = _random_bench_checkpoint(Path(tmp) / 'random.pt')
+        result = gpu_check.benchmark(checkpoint, 'cuda', seconds=1.0 if quick else 5.0)
+    device = cuda['devices'][0]['name']
+    rows = []
+    for case, row in result['rows'].items():
+        if 'error' in row:
+            rows.append(Row('gpu', case, float('nan'), 'ms', None, f'failed: {row["error"]}'))
+            continue
+        for part in ('engine', 'segmenter'):
+            stats = row[part]
+            note = (
+                f'p99 {stats["p99_ms"]:.3f} ms, {stats["fps"]:.0f} FPS, first call '
+                f'{row["first_call_s"]:.1f} s; 800x600; {device}'
+            )
+            rows.append(Row('gpu', f'{case} {part}', stats['p50_ms'], 'ms', None, note))
+    floor = result.get('memory_floor')
+    if floor:
+        note = (
+            f'{floor["frame_traffic_mb"]:.0f} MB per frame (FP16 weights + activations written '
+            f'and read) at {floor["bandwidth_gb_s"]:.0f} GB/s measured'
+        )
+        rows.append(Row('gpu', 'memory-traffic floor', floor['floor_fps'], 'FPS',
+                        None, note))  # fmt: skip
+    for batch, ratio in result.get('compile_speedup_vs_cuda_graphs_engine_p50', {}).items():
+        rows.append(Row('gpu', f'torch.compile vs CUDA graphs, engine p50, {batch}', ratio, 'x',
+                        None, '> 1: torch.compile is faster'))  # fmt: skip
+    return rows
+
+
 SECTIONS: dict[str, Callable[..., list[Row]]] = {
     'labels': bench_labels,
     'synth': bench_synth,
     'transport': bench_transport,
     'inference': bench_inference,
+    'gpu': bench_gpu,
 }
 
 

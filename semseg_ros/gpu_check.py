@@ -6,20 +6,27 @@ install is not needed; what is missing is reported, never a crash)::
     python -m semseg_ros.cli gpu-check --out runs/gpu_check      # or: make gpu-check
 
 It writes ``OUT/gpu_check.json`` (every step: status ok / failed / skipped, seconds, what
-it measured or why it did not run) and ``OUT/gpu_check.log``, in under 8 minutes on one
-GPU. Steps, in order:
+it measured or why it did not run) and ``OUT/gpu_check.log``, in about 8 to 10 minutes on
+one GPU (torch.compile's compilations are the part not yet timed on one). Steps, in order:
 
 1. inventory: Python, platform, package versions (or why each one is missing),
    ``nvidia-smi``, torch's CUDA devices;
 2. ``pytest -m gpu`` (the GPU tests of the suite);
 3. a 2-minute ``gpu.yaml`` training run on synthetic data with AMP (40 steps, then resumed
    from last.pt to 60), exported to ONNX (its checkpoint and ONNX feed the next steps);
-4. ids agreement on rendered frames: torch CUDA FP32 / FP16 / channels_last / CUDA graphs,
-   with the frame path on the device, against CPU onnxruntime (>= 99.9 % of pixels);
+4. ids agreement on rendered frames: torch CUDA FP32 / FP16 / channels_last / CUDA graphs /
+   ``torch.compile(mode='reduce-overhead')``, with the frame path on the device, against
+   CPU onnxruntime (>= 99.9 % of pixels);
 5. a threaded call: the Segmenter driven from a worker thread (as the node does);
 6. the benchmark rows: engine-only and whole-Segmenter p50 / p99 latency and FPS at 800x600,
-   batch 1 and 8, next to the memory-traffic floor (weights + activations / bandwidth);
-7. where tensorrt and pycuda import: the TensorRT tests (build, ids agreement, the refusal of
+   batch 1 and 8, FP16 channels_last eager, with the manual CUDA graphs and with
+   ``torch.compile(mode='reduce-overhead')``, next to the memory-traffic floor (weights +
+   activations / bandwidth); ``semseg bench --only gpu`` prints the same rows;
+7. where tensorrt imports: TensorRT's ONNX parser on the exported model and on the shipped
+   ``models/semseg_demo.onnx`` (torch's dynamic ``Pad`` form), no build: the parser's errors
+   per node, the network's outputs and the layers of the ``Pad`` and of the ``ArgMax ->
+   Cast<uint8>`` tail (issue 17, finding 7);
+8. where tensorrt and pycuda import: the TensorRT tests (build, ids agreement, the refusal of
    an engine built for another GPU).
 
 Without a CUDA GPU it writes the inventory, says so and exits at once (exit status 2).
@@ -220,6 +227,17 @@ def rendered_frames(count: int, size: tuple[int, int] = (800, 600)) -> list[Any]
     return frames
 
 
+def torch_segmenter(checkpoint: str | Path, device: str, **options: Any) -> Any:
+    """A :class:`~semseg_ros.segmenter.Segmenter` on the torch engine of ``checkpoint``,
+    built directly so that every :class:`TorchEngine` option (``torch_compile`` too) applies.
+    """
+    from semseg_ros.engines.torch_engine import TorchEngine, load_checkpoint_model
+    from semseg_ros.segmenter import Segmenter
+
+    model, info = load_checkpoint_model(checkpoint)
+    return Segmenter(TorchEngine(model, info, device=device, **options))
+
+
 def agreement(checkpoint: str | Path, onnx: str | Path | None, device: str) -> dict[str, Any]:
     """Ids of the torch device path (FP32, FP16, channels_last, CUDA graphs) vs CPU ids.
 
@@ -252,12 +270,15 @@ def agreement(checkpoint: str | Path, onnx: str | Path | None, device: str) -> d
                 'channels_last': True,
                 'cuda_graphs': True,
             },
+            'fp16_channels_last_compile': {
+                'fp16': True,
+                'channels_last': True,
+                'torch_compile': True,
+            },
         }
     result: dict[str, Any] = {'reference': reference, 'frames': len(frames), 'variants': {}}
     for name, options in variants.items():
-        seg = Segmenter.from_model(
-            checkpoint, backend='torch', device=device, frames_on_device=True, **options
-        )
+        seg = torch_segmenter(checkpoint, device, frames_on_device=True, **options)
         got = [seg.segment(f, encoding='bgra8').ids for f in frames]
         same = np.mean([np.mean(a == b) for a, b in zip(got, expected, strict=True)])
         result['variants'][name] = round(float(same), 6)
@@ -332,63 +353,215 @@ def memory_floor(model: Any, size: tuple[int, int], bytes_per_value: int) -> dic
     return {'weights_mb': weights * bytes_per_value / 1e6, 'frame_traffic_mb': total / 1e6}
 
 
-def device_bandwidth(device: str) -> float:
+def _sync(device: str) -> Callable[[], None]:
+    """Waits for the device's queued work: ``torch.cuda.synchronize`` on CUDA, else nothing."""
+    import torch
+
+    return torch.cuda.synchronize if device.startswith('cuda') else lambda: None
+
+
+def device_bandwidth(device: str, megabytes: int = 256) -> float:
     """Measured device-to-device copy bandwidth in bytes/s (read + write counted)."""
     import torch
 
-    a = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    sync = _sync(device)
+    a = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
     b = torch.empty_like(a)
     for _ in range(3):
         b.copy_(a)
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(20):
         b.copy_(a)
-    torch.cuda.synchronize()
+    sync()
     return 2 * a.numel() * 20 / (time.perf_counter() - start)
 
 
-def benchmark(checkpoint: str | Path, device: str, seconds: float = 5.0) -> dict[str, Any]:
-    """Engine-only and whole-Segmenter latency / FPS at 800x600, batch 1 and 8 (FP16,
-    channels_last, CUDA graphs) and the memory-traffic floor of the model."""
-    import numpy as np
+#: The benchmark's torch engine variants: FP16 channels_last eager, then the two ways of
+#: replaying it from CUDA graphs (the manual capture and torch.compile's reduce-overhead).
+BENCH_VARIANTS: dict[str, dict[str, bool]] = {
+    'fp16_channels_last': {'fp16': True, 'channels_last': True},
+    'fp16_channels_last_graphs': {'fp16': True, 'channels_last': True, 'cuda_graphs': True},
+    'fp16_channels_last_compile': {'fp16': True, 'channels_last': True, 'torch_compile': True},
+}
+BENCH_BATCHES = (1, 8)
+
+
+def benchmark(
+    checkpoint: str | Path,
+    device: str,
+    seconds: float = 5.0,
+    variants: dict[str, dict[str, bool]] | None = None,
+    size: tuple[int, int] = (800, 600),
+) -> dict[str, Any]:
+    """Engine-only and whole-Segmenter latency / FPS at 800x600, batch 1 and 8, for each of
+    :data:`BENCH_VARIANTS`, and the memory-traffic floor of the model.
+
+    Engine-only: a (N, 3, 600, 800) tensor already on the device to (N, 600, 800) uint8 ids
+    on the device. Whole Segmenter: N bgra8 frames in host memory to ids in host memory (the
+    device frame path: upload, preprocessing, model, argmax, restore, download).
+    ``first_call_s`` is the first call's time at each batch size (a CUDA graph capture or a
+    torch.compile compilation). A variant that fails is reported with its error; the others
+    still run. The same code runs on the CPU (the suite checks it there at a small ``size``,
+    (width, height)).
+    """
     import torch
 
     from semseg_ros.pipeline import InputSpec
     from semseg_ros.segmenter import Segmenter
 
     rows: dict[str, Any] = {}
-    frames = rendered_frames(8)
-    for variant, options in {
-        'fp16_channels_last': {'fp16': True, 'channels_last': True},
-        'fp16_channels_last_graphs': {'fp16': True, 'channels_last': True, 'cuda_graphs': True},
-    }.items():
-        seg = Segmenter.from_model(checkpoint, backend='torch', device=device, **options)
-        spec = InputSpec((800, 600), normalization=seg.input_spec.normalization)
-        seg = Segmenter(seg.engine, input_spec=spec)  # 800x600 in, no crop: the target row
-        for batch in (1, 8):
-            x = torch.zeros(batch, 3, 600, 800, device=device)
-            with torch.inference_mode():
-                engine = _timed(
-                    lambda x=x, s=seg: s.engine._ids(x), torch.cuda.synchronize, seconds
+    width, height = size
+    frames = rendered_frames(max(BENCH_BATCHES), size)
+    sync = _sync(device)
+    floor_model = None
+    for variant, options in (variants or BENCH_VARIANTS).items():
+        try:
+            seg = torch_segmenter(checkpoint, device, **options)
+            spec = InputSpec(size, normalization=seg.input_spec.normalization)
+            seg = Segmenter(seg.engine, input_spec=spec)  # frame size in, no crop or resize
+            if floor_model is None:
+                floor_model = seg.engine.model
+            for batch in BENCH_BATCHES:
+                x = torch.zeros(batch, 3, height, width, device=device)
+                with torch.inference_mode():
+                    start = time.perf_counter()
+                    seg.engine._ids(x)
+                    sync()
+                    first = time.perf_counter() - start
+                    engine = _timed(lambda x=x, s=seg: s.engine._ids(x), sync, seconds)
+                engine['fps'] = round(batch * 1e3 / engine['p50_ms'], 1)
+                chunk = frames[:batch]
+                whole = _timed(
+                    lambda c=chunk, s=seg: s.segment_batch(c, encoding='bgra8'),
+                    lambda: None,
+                    seconds,
                 )
-            engine['fps'] = round(batch * 1e3 / engine['p50_ms'], 1)
-            chunk = frames[:batch]
-            whole = _timed(
-                lambda c=chunk, s=seg: s.segment_batch(c, encoding='bgra8'),
-                lambda: None,
-                seconds,
-            )
-            whole['fps'] = round(batch * 1e3 / whole['p50_ms'], 1)
-            rows[f'{variant} batch {batch}'] = {'engine': engine, 'segmenter': whole}
-    floor = memory_floor(seg.engine.model, (800, 600), 2)
-    bandwidth = device_bandwidth(device)
-    floor['bandwidth_gb_s'] = round(bandwidth / 1e9, 1)
-    floor['floor_fps'] = round(bandwidth / (floor['frame_traffic_mb'] * 1e6), 1)
-    best = rows['fp16_channels_last_graphs batch 1']
-    targets = {'engine_fps >= 3000': best['engine']['fps'] >= 3000}
-    targets['segmenter_fps >= 1000'] = best['segmenter']['fps'] >= 1000
-    return {'rows': rows, 'memory_floor': floor, 'targets_met': targets, 'np': np.__version__}
+                whole['fps'] = round(batch * 1e3 / whole['p50_ms'], 1)
+                rows[f'{variant} batch {batch}'] = {
+                    'engine': engine, 'segmenter': whole, 'first_call_s': round(first, 2)
+                }  # fmt: skip
+            seg.engine.close()
+        except Exception as err:
+            rows[variant] = {'error': repr(err), 'traceback': traceback.format_exc()[-2000:]}
+    result: dict[str, Any] = {'rows': rows}
+    if floor_model is not None:
+        floor = memory_floor(floor_model, size, 2)
+        bandwidth = device_bandwidth(device, 256 if device.startswith('cuda') else 16)
+        floor['bandwidth_gb_s'] = round(bandwidth / 1e9, 1)
+        floor['floor_fps'] = round(bandwidth / (floor['frame_traffic_mb'] * 1e6), 1)
+        result['memory_floor'] = floor
+    best = rows.get('fp16_channels_last_graphs batch 1')
+    if best is not None:
+        result['targets_met'] = {
+            'engine_fps >= 3000': best['engine']['fps'] >= 3000,
+            'segmenter_fps >= 1000': best['segmenter']['fps'] >= 1000,
+        }
+    comparison = {}
+    for batch in BENCH_BATCHES:
+        graphs = rows.get(f'fp16_channels_last_graphs batch {batch}')
+        compiled = rows.get(f'fp16_channels_last_compile batch {batch}')
+        if graphs and compiled:
+            ratio = graphs['engine']['p50_ms'] / compiled['engine']['p50_ms']
+            comparison[f'batch {batch}'] = round(ratio, 3)
+    if comparison:  # > 1: torch.compile is faster than the manual CUDA graph
+        result['compile_speedup_vs_cuda_graphs_engine_p50'] = comparison
+    if not any('engine' in row for row in rows.values()):
+        result['status'] = 'failed'
+    return result
+
+
+SHIPPED_ONNX = ROOT / 'models' / 'semseg_demo.onnx'
+#: Layers worth seeing in a parsed network: the padding and the ids tail (ArgMax -> Cast).
+PARSE_LAYERS = ('pad', 'ids_argmax', 'ids_cast')
+
+
+def _parser_error(error: Any) -> dict[str, Any]:
+    """One ``trt.ParserError`` as plain data (the per-node fields where this TensorRT has them)."""
+    out: dict[str, Any] = {'desc': str(error.desc()), 'code': str(error.code())}
+    for key, attr in (('node', 'node'), ('node_name', 'node_name'), ('operator', 'node_operator'),
+                      ('file', 'file'), ('line', 'line'), ('function', 'func')):  # fmt: skip
+        getter = getattr(error, attr, None)
+        if callable(getter):
+            try:
+                out[key] = getter()
+            except Exception as err:  # a field this version cannot give
+                out[key] = f'unavailable: {err!r}'
+    return out
+
+
+def parse_onnx(trt: Any, path: Path) -> dict[str, Any]:
+    """TensorRT's ONNX parser on ``path`` (no engine build), once per network mode (weakly
+    typed, and strongly typed where this TensorRT has it): parsed or not, the parser's errors
+    with the node each one is about, the network's outputs, and the Pad / ArgMax / Cast
+    layers; plus the ONNX's own Pad facts (:func:`training.export.pad_inputs`)."""
+    result: dict[str, Any] = {'path': str(path)}
+    try:
+        from training.export import pad_inputs
+
+        result['onnx_pads'] = pad_inputs(path)
+    except Exception as err:
+        result['onnx_pads'] = f'not inspected: {err!r}'
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flag = trt.NetworkDefinitionCreationFlag
+    base = 0  # explicit batch is the only mode since TensorRT 10
+    if int(trt.__version__.split('.')[0]) < 10 and hasattr(flag, 'EXPLICIT_BATCH'):
+        base = 1 << int(flag.EXPLICIT_BATCH)
+    modes = {'weakly_typed': base}
+    if hasattr(flag, 'STRONGLY_TYPED'):
+        modes['strongly_typed'] = base | 1 << int(flag.STRONGLY_TYPED)
+    data = path.read_bytes()
+    for mode, flags in modes.items():
+        try:
+            network = builder.create_network(flags)
+            parser = trt.OnnxParser(network, logger)
+            parsed = bool(parser.parse(data))
+        except Exception as err:
+            result[mode] = {'parsed': False, 'error': repr(err)}
+            continue
+        entry: dict[str, Any] = {
+            'parsed': parsed,
+            'errors': [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)],
+        }
+        if parsed:
+            outputs = (network.get_output(i) for i in range(network.num_outputs))
+            entry['outputs'] = [
+                {'name': t.name, 'dtype': str(t.dtype), 'shape': str(t.shape)} for t in outputs
+            ]
+            layers = (network.get_layer(i) for i in range(network.num_layers))
+            entry['layers'] = [
+                {'name': layer.name, 'type': str(layer.type),
+                 'output_dtype': str(layer.get_output(0).dtype)}
+                for layer in layers
+                if any(key in layer.name.lower() for key in PARSE_LAYERS)
+            ]  # fmt: skip
+        result[mode] = entry
+    return result
+
+
+def tensorrt_parse(models: dict[str, str | Path]) -> dict[str, Any]:
+    """:func:`parse_onnx` on each of ``models`` (label -> ONNX path) where tensorrt imports
+    (pycuda is not needed to parse). Fails when the exported model does not parse; the shipped
+    model's result (torch's dynamic Pad form) is information."""
+    try:
+        import tensorrt as trt
+    except Exception as err:
+        raise Skip(f'tensorrt does not import: {err!r}') from err
+    result: dict[str, Any] = {'tensorrt': trt.__version__, 'models': {}}
+    for label, path in models.items():
+        if not Path(path).is_file():
+            result['models'][label] = {'path': str(path), 'missing': True}
+            continue
+        result['models'][label] = parse_onnx(trt, Path(path))
+    exported = result['models'].get('exported')
+    if exported is None:
+        result['note'] = 'no exported model (see the training step): only the shipped one parsed'
+    elif not all(
+        exported[mode]['parsed'] for mode in ('weakly_typed', 'strongly_typed') if mode in exported
+    ):
+        result['status'] = 'failed'
+    return result
 
 
 def tensorrt_tests(log: Callable[[str], None]) -> dict[str, Any]:
@@ -437,6 +610,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         report.step('ids agreement vs CPU', lambda: agreement(checkpoint, onnx, 'cuda'))
         report.step('threaded call', lambda: threaded_call(checkpoint, 'cuda'))
         report.step('benchmark', lambda: benchmark(checkpoint, 'cuda'))
+    parse: dict[str, str | Path] = {'shipped models/semseg_demo.onnx': SHIPPED_ONNX}
+    if onnx is not None:
+        parse = {'exported': onnx, **parse}
+    report.step('tensorrt parse', lambda: tensorrt_parse(parse))
     report.step('tensorrt', lambda: tensorrt_tests(report.log))
     failed = [n for n, s in report.data['steps'].items() if s['status'] == 'failed']
     report.data['result'] = 'failed' if failed else 'ok'

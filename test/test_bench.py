@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from semseg_ros import bench
 
@@ -30,3 +31,25 @@ def test_transport_section_compares_the_shipped_profile_with_fast_dds_defaults(t
     shipped = next(r for case, r in rows.items() if 'shipped profile, reliable' in case)
     received, sent = map(int, re.search(r'received (\d+)/(\d+)', shipped['note']).groups())
     assert received == sent and 'lost 0' in shipped['note']  # reliable: nothing lost
+
+
+def test_gpu_section_runs_on_cuda_or_says_why_not(tmp_path):
+    rows = run(tmp_path, 'gpu')
+    assert rows and all(r['section'] == 'gpu' for r in rows)
+    if not torch.cuda.is_available():
+        (row,) = rows  # one row: the skip and its reason
+        assert (
+            row['note'].startswith('skipped: no CUDA (')
+            and 'semseg bench --only gpu' in row['note']
+        )
+        return
+    cases = {r['case'] for r in rows}
+    for variant in (
+        'fp16_channels_last',
+        'fp16_channels_last_graphs',
+        'fp16_channels_last_compile',
+    ):
+        assert {
+            f'{variant} batch {b} {p}' for b in (1, 8) for p in ('engine', 'segmenter')
+        } <= cases
+    assert 'memory-traffic floor' in cases

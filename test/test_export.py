@@ -19,6 +19,7 @@ from training.export import (
     convert_fp16,
     export_onnx,
     main,
+    pad_inputs,
     quantize_int8,
 )
 from training.model import UNetConfig, build_model
@@ -27,10 +28,14 @@ INPUT_SIZE = (64, 32)  # (w, h) the tiny model is fed
 CROP = (8, 4)  # rows cropped top / bottom of the frame
 
 
-def make_checkpoint(path: Path, *, seed: int = 0, base_channels: int = 4) -> Path:
+def make_checkpoint(
+    path: Path, *, seed: int = 0, base_channels: int = 4, pad_mode: str = 'replicate'
+) -> Path:
     """A tiny random-weight lyft13 checkpoint with a row crop (shared by the engine tests)."""
     torch.manual_seed(seed)
-    config = UNetConfig(num_classes=LYFT13.num_classes, base_channels=base_channels, depth=2)
+    config = UNetConfig(
+        num_classes=LYFT13.num_classes, base_channels=base_channels, depth=2, pad_mode=pad_mode
+    )
     model = build_model(config)
     # Non-trivial batch-norm statistics, so the export's BN folding is exercised.
     for module in model.modules():
@@ -93,10 +98,39 @@ def test_onnxruntime_matches_torch_at_other_sizes(exported, shape):
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
-    got = ort.InferenceSession(str(exported)).run(None, {'image': x})[0]
+    got, ids = ort.InferenceSession(str(exported)).run(['logits', 'ids'], {'image': x})
     assert got.shape == expected.shape == (shape[0], LYFT13.num_classes, *shape[2:])
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
-    assert np.mean(got.argmax(1) == expected.argmax(1)) == 1.0
+    np.testing.assert_array_equal(ids, expected.argmax(1))
+
+
+@pytest.mark.parametrize('pad_mode', ['replicate', 'constant'])
+def test_pads_have_a_static_length_and_follow_the_input_size(tmp_path, exported, pad_mode):
+    """onnx-tensorrt's Pad importer wants a pads input of known length: 8 values (NCHW),
+    still computed from the input's shape, never ``ConstantOfShape(8 - len(pad))``."""
+    if pad_mode == 'replicate':
+        path = exported
+    else:
+        path = tmp_path / 'constant.onnx'
+        export_onnx(make_checkpoint(tmp_path / 'constant.pt', pad_mode='constant'), path)
+    pads = pad_inputs(path)
+    assert len(pads) == 1  # the UNet's padding to a multiple of 2 ** depth
+    for pad in pads:
+        assert pad['pads_shape'] == [8]
+        assert 'ConstantOfShape' not in pad['computed_from']
+        # The amounts follow the input size: the graph stays dynamic.
+        assert 'Shape' in pad['computed_from']
+    from training.checkpoint import load_checkpoint
+
+    model = load_checkpoint(path.with_suffix('.pt')).build_model()
+    session = ort.InferenceSession(str(path))
+    for shape in [(2, 3, 45, 70), (1, 3, 17, 33)]:
+        x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        got, ids = session.run(['logits', 'ids'], {'image': x})
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+        np.testing.assert_array_equal(ids, expected.argmax(1))
 
 
 @pytest.mark.parametrize('precision', ['fp32', 'fp16', 'int8'])

@@ -6,7 +6,10 @@ arithmetic on ``x.shape``; the tracer records that arithmetic as graph ops, so o
 serves every height, width and batch size (checked below at a size other than the exported
 one). The dynamo exporter (``torch.export``) cannot yet prove the padded sizes divisible
 with dynamic H, W and would need a fixed-size graph per resolution. Opset 17 (the first
-with ``LayerNormalization``, supported by onnxruntime >= 1.12 and TensorRT >= 8.6).
+with ``LayerNormalization``, supported by onnxruntime >= 1.12 and TensorRT >= 8.6). The
+padding exports as one ``Pad`` whose ``pads`` input is a Concat of 8 scalars computed from
+the input's shape (:func:`_static_pads_symbolic`): a length known at parse time, which
+onnx-tensorrt's importer wants, with every input size still served.
 
 Outputs, all with float32 ``image`` (N, 3, H, W) in and float32 ``logits`` (N, C, H, W) out,
 plus ``ids`` (N, H, W) uint8, the per-pixel argmax inside the graph (onnxruntime's ArgMax takes
@@ -203,6 +206,70 @@ def add_confidence_output(proto: Any) -> None:
     )
 
 
+def _static_pads_symbolic(g: Any, input: Any, pad: Any, mode: Any, value: Any) -> Any:
+    """ONNX for ``aten::pad`` whose ``pads`` input has a static length (2 x rank).
+
+    torch's own symbolic (``symbolic_opset11.pad``) builds ``pads`` as ``Concat(pad,
+    ConstantOfShape(2 * rank - len(pad)))`` then reverses and transposes it: its length is
+    only known when the graph runs, and onnx-tensorrt's Pad importer wants a pads tensor of
+    known length. Here each of the traced pad amounts (computed from the input's shape, so
+    every input size still works) is reshaped to (1,) and the 2 x rank of them concatenated
+    in ONNX order (all begins, then all ends): a Concat of 8 scalars for NCHW. Anything
+    else (an unknown rank, a pad list that is not a list of scalars, circular mode) takes
+    torch's symbolic.
+    """
+    from torch.onnx import symbolic_helper, symbolic_opset11
+
+    mode_name = symbolic_helper._parse_arg(mode, 's')
+    rank = symbolic_helper._get_tensor_rank(input)
+    onnx_mode = {'replicate': 'edge', 'reflect': 'reflect', 'constant': 'constant'}.get(mode_name)
+    if onnx_mode is None or rank is None or not symbolic_helper._is_packed_list(pad):
+        return symbolic_opset11.pad(g, input, pad, mode, value)
+    amounts = symbolic_helper._unpack_list(pad)  # torch order: last dim (begin, end), ...
+    if len(amounts) % 2 or len(amounts) > 2 * rank:
+        return symbolic_opset11.pad(g, input, pad, mode, value)
+    one = g.op('Constant', value_t=torch.tensor([1], dtype=torch.int64))
+    zero = g.op('Constant', value_t=torch.tensor([0], dtype=torch.int64))
+    begins, ends = [zero] * rank, [zero] * rank
+    for k in range(len(amounts) // 2):
+        dim = rank - 1 - k
+        for side, amount in ((begins, amounts[2 * k]), (ends, amounts[2 * k + 1])):
+            amount = g.op('Reshape', amount, one)  # () -> (1,)
+            side[dim] = g.op('Cast', amount, to_i=torch.onnx.TensorProtoDataType.INT64)
+    pads = g.op('Concat', *begins, *ends, axis_i=0)  # (2 * rank,) int64
+    if onnx_mode != 'constant' or symbolic_helper._is_none(value):
+        return g.op('Pad', input, pads, mode_s=onnx_mode)
+    fill = symbolic_helper._if_scalar_type_as(symbolic_helper._maybe_get_scalar(value), input)
+    return g.op('Pad', input, pads, fill, mode_s='constant')
+
+
+def pad_inputs(onnx_path: str | Path) -> list[dict[str, Any]]:
+    """Each ``Pad`` of a model and its ``pads`` input: the shape ONNX shape inference gives it
+    (``[8]`` for NCHW when its length is static; a ``dim_param`` name when it is not) and the
+    op types it is computed from (``ConstantOfShape`` in torch's dynamic form)."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path))).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in graph.value_info}  # fmt: skip
+    shapes |= {t.name: list(t.dims) for t in graph.initializer}
+    found = []
+    for pad in (node for node in graph.node if node.op_type == 'Pad'):
+        ops, seen, todo = set(), set(), [pad.input[1]]
+        while todo:  # every node upstream of the pads input
+            name = todo.pop()
+            if name in producers and name not in seen:
+                seen.add(name)
+                ops.add(producers[name].op_type)
+                todo.extend(producers[name].input)
+        found.append(
+            {'node': pad.name, 'pads': pad.input[1],
+             'pads_shape': shapes.get(pad.input[1], ['unknown']), 'computed_from': sorted(ops)}
+        )  # fmt: skip
+    return found
+
+
 def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: str) -> None:
     import onnx
 
@@ -249,17 +316,23 @@ def export_onnx(
         warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
         warnings.filterwarnings('ignore', category=DeprecationWarning)
         warnings.filterwarnings('ignore', message='.*will be removed.*')
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
-            do_constant_folding=True,
-        )
+        # The static-length pads for onnx-tensorrt (see _static_pads_symbolic), for this
+        # export only: the registration is global to the process.
+        torch.onnx.register_custom_op_symbolic('aten::pad', _static_pads_symbolic, opset)
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
+                do_constant_folding=True,
+            )
+        finally:
+            torch.onnx.unregister_custom_op_symbolic('aten::pad', opset)
     try:
         proto = onnx.load(str(tmp))
     finally:

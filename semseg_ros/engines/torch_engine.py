@@ -11,7 +11,10 @@ is uploaded once, and channel order, crop, resize, normalization, inference, arg
 nearest restore and the background rows all run on the device; only the (H, W) uint8 ids
 come back. The same code runs on the CPU (the tests compare it there with onnxruntime's
 ids). ``cuda_graphs`` captures model + argmax per input shape in a ``torch.cuda.CUDAGraph``
-and replays it (CUDA only).
+and replays it (CUDA only). ``torch_compile`` is the alternative to it:
+``torch.compile(mode='reduce-overhead')`` of model + argmax (inductor's fused kernels,
+recorded in CUDA graphs by torch itself), compiled on the first call of each input shape
+(tens of seconds; CUDA only). ``semseg gpu-check`` measures the two side by side.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class TorchEngine(Engine):
         threads: int | None = None,
         frames_on_device: bool | None = None,
         cuda_graphs: bool = False,
+        torch_compile: bool = False,
     ) -> None:
         super().__init__(info)
         torch = _import_torch()
@@ -117,12 +121,30 @@ class TorchEngine(Engine):
         self._channels_last = channels_last
         self.model = model.to(self._device, self._dtype, memory_format=self._memory_format).eval()
         on_cuda = self._device.type == 'cuda'
+        if torch_compile and cuda_graphs:
+            msg = (
+                "torch_compile (mode='reduce-overhead') records its own CUDA graphs: choose "
+                'one of torch_compile=True and cuda_graphs=True'
+            )
+            raise ValueError(msg)
         if cuda_graphs and not on_cuda:
             raise ValueError('cuda_graphs is for CUDA devices; on CPU use cuda_graphs=False')
+        if torch_compile and not on_cuda:
+            msg = (
+                "torch_compile (mode='reduce-overhead') is for CUDA devices, where it records "
+                'CUDA graphs; on CPU use torch_compile=False (or backend openvino / onnxruntime)'
+            )
+            raise ValueError(msg)
+        if torch_compile and not hasattr(torch, 'compile'):
+            msg = f'torch_compile needs torch >= 2.0 (this is {torch.__version__})'
+            raise BackendUnavailableError(msg)
         #: Whether the Segmenter gives this engine whole frames (segment_frames).
         self.frames_on_device = on_cuda if frames_on_device is None else bool(frames_on_device)
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
         self._use_graphs = cuda_graphs
+        self._compiled = None
+        if torch_compile:
+            self._compiled = torch.compile(self._model_ids, mode='reduce-overhead', dynamic=False)
 
     @classmethod
     def from_model_info(cls, info: ModelInfo, **options: Any) -> TorchEngine:
@@ -153,11 +175,18 @@ class TorchEngine(Engine):
             x = self._torch.from_numpy(self.check_batch(batch)).to(self._device)
             return self._ids(x).cpu().numpy()
 
+    def _model_ids(self, x: Any) -> Any:
+        """Model + argmax. Shape: (N, 3, h, w) -> (N, h, w) uint8."""
+        return self.model(x).argmax(1).to(self._torch.uint8)
+
     def _ids(self, x: Any) -> Any:
         """Model + argmax. Shape: (N, 3, h, w) float32 on the device -> (N, h, w) uint8."""
         x = x.to(self._dtype).contiguous(memory_format=self._memory_format)
+        if self._compiled is not None:
+            # The output lives in the CUDA graph's memory pool, overwritten by the next replay.
+            return self._compiled(x).clone()
         if not self._use_graphs:
-            return self.model(x).argmax(1).to(self._torch.uint8)
+            return self._model_ids(x)
         graph = self._graphs.get(tuple(x.shape))
         if graph is None:
             graph = self._graphs[tuple(x.shape)] = self._capture(x)
@@ -178,7 +207,7 @@ class TorchEngine(Engine):
         torch.cuda.current_stream(self._device).wait_stream(stream)
         cuda_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(cuda_graph):
-            static_out = self.model(static_in).argmax(1).to(torch.uint8)
+            static_out = self._model_ids(static_in)
         return static_in, static_out, cuda_graph
 
     def segment_frames(
@@ -218,6 +247,7 @@ class TorchEngine(Engine):
 
     def close(self) -> None:
         self._graphs.clear()
+        self._compiled = None
         self.model = None
         if self._device.type == 'cuda':
             self._torch.cuda.empty_cache()
