@@ -227,10 +227,12 @@ class _FakeTensorRT:
                 return True
 
         class Network:
-            """What the parser makes of an exported model: the logits and ids outputs."""
+            """What the parser makes of an exported model: logits, ids and confidence."""
 
             def __init__(self):
-                self.outputs = [SimpleNamespace(name='logits'), SimpleNamespace(name='ids')]
+                self.outputs = [
+                    SimpleNamespace(name=name) for name in ('logits', 'ids', 'confidence')
+                ]
 
             @property
             def num_outputs(self):
@@ -436,7 +438,8 @@ def test_build_engine_api_use_and_cache(model, monkeypatch, version):
         calls = {c[0]: c[1:] for c in trt.calls}
         assert calls['workspace'] == ('workspace', 1 << 30)
         # The engine keeps the logits only (its run path binds one output).
-        assert calls['unmark_output'] == ('ids',)
+        unmarked = sorted(c[1] for c in trt.calls if c[0] == 'unmark_output')
+        assert unmarked == ['confidence', 'ids']
         assert [t.name for t in trt.network.outputs] == ['logits']
         assert calls['profile'] == (('image', (1, 3, 32, 64), (1, 3, 32, 64), (4, 3, 32, 64)),)
         if version.startswith('10'):  # weak typing with the (deprecated) FP16 flag

@@ -197,5 +197,6 @@ def _build(backend: str, info: ModelInfo, device: str, options: dict[str, Any]) 
     from semseg_ros.engines.torch_engine import TorchEngine
 
     names = ('fp16', 'channels_last', 'threads', 'frames_on_device', 'cuda_graphs')
+    names += ('torch_compile',)
     torch_options = {k: options[k] for k in names if k in options}
     return TorchEngine.from_model_info(info, device=device, **torch_options)

@@ -39,6 +39,7 @@ import numpy as np
 
 from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
 from semseg_ros.model_file import (
+    CONFIDENCE_OUTPUT_NAME,
     ENGINE_SUFFIX,
     IDS_OUTPUT_NAME,
     EngineTarget,
@@ -253,10 +254,11 @@ def _build_serialized(
         errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f'TensorRT cannot parse {parse_path}: {errors}')
     # The engine's one output is the logits (the run path binds exactly one); the graph's
-    # uint8 ids output is for onnxruntime, so it is dropped here with its ArgMax and Cast.
+    # uint8 ids and confidence outputs are for onnxruntime, so they are dropped here with the
+    # layers that only feed them.
     for index in reversed(range(network.num_outputs)):
         tensor = network.get_output(index)
-        if tensor.name == IDS_OUTPUT_NAME:
+        if tensor.name in (IDS_OUTPUT_NAME, CONFIDENCE_OUTPUT_NAME):
             network.unmark_output(tensor)
 
     config = builder.create_builder_config()
