@@ -82,7 +82,11 @@ def test_a_frame_never_mixes_old_and_new_display_values():
     thread.start()
     try:
         seen = set()
-        for _ in range(200):
+        frames = 0
+        # At least 200 frames, and on until both settings were seen (a loaded machine may not
+        # switch threads for a while).
+        while frames < 200 or (len(seen) < 2 and frames < 20_000):
+            frames += 1
             frame = processor.process(array_to_image_fields(rgb, 'rgb8'), None, ALL_OUTPUTS)
             overlay, color = frame.images['overlay'], frame.images['color']
             assert overlay.encoding == color.encoding
