@@ -365,6 +365,24 @@ def test_use_sim_time_measures_latency_on_clock(graph):
     assert report['latency stamp to publish p50 (ms)'] == '50.0'
 
 
+def test_frames_the_simulator_stamped_but_never_sent_are_counted_from_sim_time_gaps(graph):
+    """A bridge skipping ticks (stamps 0.05 s apart, some missing): the node counts what never
+    reached it from the stamps alone, however the wall clock ran."""
+    g = graph(sim_tick_s=0.05)
+    camera = g.publisher(Image, CAMERA)
+    g.wait(connected(camera), what='the node to subscribe the camera')
+    ticks = [1, 2, 4, 7, 8, 12]  # 3, 5, 6, 9, 10, 11 never sent: 6 frames
+    for k in ticks:
+        sec, nanosec = divmod(k * 50_000_000, 1_000_000_000)
+        camera.publish(image_msg(camera_frame(k), 'bgra8', sec=sec, nanosec=nanosec))
+    g.wait(lambda: g.node.core.slot.received == len(ticks), what='every frame')
+    report = g.diagnostics()
+    assert report['frames never received (sim-time gaps)'] == '6'
+    assert report['frames received'] == str(len(ticks))
+    keys = dict(graph(sim_tick_s=0.0).node.core.diagnostics()['values'])
+    assert 'frames never received (sim-time gaps)' not in keys  # 0: not counted
+
+
 # --- As a process ------------------------------------------------------------------------------
 
 

@@ -111,6 +111,13 @@ class NodeParams:
         'Class set of the ground-truth palette: carla23 for the released bridge (CARLA '
         '0.9.13), cityscapes29 for CARLA 0.9.14+, lyft13 for CARLA <= 0.9.9.',
     )
+    sim_tick_s: float = _param(
+        0.05,
+        "Simulation seconds between two camera frames (the bridge's fixed_delta_seconds): "
+        'gaps in the sim-time stamps of the frames received are counted on /diagnostics as '
+        "'frames never received (sim-time gaps)'. 0 disables the count (cameras whose stamps "
+        'are not on a fixed tick).',
+    )
     use_sim_time: bool = _param(
         False, 'Use /clock (simulation time) for stamps and latency; set true with CARLA.'
     )
@@ -133,6 +140,10 @@ class NodeParams:
             msg = f'overlay_alpha {self.overlay_alpha} is outside 0..1: use e.g. 0.5'
             raise ParamError(msg)
         check_choice('qos_reliability', self.qos_reliability, QOS_RELIABILITIES)
+        if self.sim_tick_s < 0:
+            msg = f'sim_tick_s {self.sim_tick_s} is negative: use e.g. 0.05, or 0 to disable'
+            raise ParamError(msg)
+        object.__setattr__(self, 'sim_tick_s', float(self.sim_tick_s))
         if self.qos_depth < 1:
             msg = f'qos_depth {self.qos_depth} must be at least 1 (1 = newest frame only)'
             raise ParamError(msg)
