@@ -36,6 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from semseg_ros.compressed import CompressedFields
 from semseg_ros.ground_truth import GroundTruthMatcher, OnlineIoU
 from semseg_ros.imaging import (
     ImageFields,
@@ -249,7 +250,10 @@ class FrameProcessor:
         """
         start = time.perf_counter()
         display = self.display  # one snapshot per frame: a live change never tears a frame
-        rgb = frame_to_rgb(image)  # (H, W, 3) uint8
+        if isinstance(image, CompressedFields):  # input_transport: compressed
+            rgb = image.to_rgb()  # (H, W, 3) uint8
+        else:
+            rgb = frame_to_rgb(image)  # (H, W, 3) uint8
         images: dict[str, ImageFields] = {}
         segment_with_confidence = getattr(self.segmenter, 'segment_with_confidence', None)
         if outputs.confidence and segment_with_confidence is not None:
@@ -416,6 +420,13 @@ class NodeCore:
         self.input_rate.tick()
         self._observe_sim_time(msg)
         self.slot.put(ReceivedFrame.from_msg(msg, received=self._clock()))
+
+    def on_compressed_image(self, msg: Any) -> None:
+        """CompressedImage callback body: as :meth:`on_image`; decoded on the worker."""
+        self.input_rate.tick()
+        self._observe_sim_time(msg)
+        frame = ReceivedFrame(CompressedFields.from_msg(msg), msg.header, self._clock())
+        self.slot.put(frame)
 
     def _observe_sim_time(self, msg: Any) -> None:
         """Count sim-time gaps before the stamp of ``msg`` (a header it cannot read: none)."""

@@ -38,6 +38,7 @@ OUTPUT_QOS_DEPTH = 10
 
 COLOR_ENCODINGS = ('rgb8', 'bgr8')
 QOS_RELIABILITIES = ('best_available', 'reliable', 'best_effort')
+INPUT_TRANSPORTS = ('raw', 'compressed')
 
 
 class ParamError(ValueError):
@@ -87,6 +88,12 @@ class NodeParams:
         'Classes to highlight in ~/color and ~/overlay, by name or id of the palette class '
         'set (e.g. [road, car] or [7, 10]); the other classes are greyed. Empty = none '
         'highlighted (every class in its colour).',
+    )
+    input_transport: str = _param(
+        'raw',
+        'Camera transport: raw subscribes image (sensor_msgs/Image); compressed subscribes '
+        "image/compressed (sensor_msgs/CompressedImage, JPEG or PNG as image_transport's "
+        'compressed plugin publishes it), decoded with OpenCV on the inference thread.',
     )
     qos_reliability: str = _param(
         'best_available',
@@ -139,6 +146,7 @@ class NodeParams:
         if not 0.0 <= self.overlay_alpha <= 1.0:
             msg = f'overlay_alpha {self.overlay_alpha} is outside 0..1: use e.g. 0.5'
             raise ParamError(msg)
+        check_choice('input_transport', self.input_transport, INPUT_TRANSPORTS)
         check_choice('qos_reliability', self.qos_reliability, QOS_RELIABILITIES)
         if self.sim_tick_s < 0:
             msg = f'sim_tick_s {self.sim_tick_s} is negative: use e.g. 0.05, or 0 to disable'
