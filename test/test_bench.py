@@ -30,3 +30,14 @@ def test_transport_section_compares_the_shipped_profile_with_fast_dds_defaults(t
     shipped = next(r for case, r in rows.items() if 'shipped profile, reliable' in case)
     received, sent = map(int, re.search(r'received (\d+)/(\d+)', shipped['note']).groups())
     assert received == sent and 'lost 0' in shipped['note']  # reliable: nothing lost
+
+
+@pytest.mark.slow
+def test_cameras_section_runs_one_node_process_per_camera(tmp_path):
+    pytest.importorskip('rclpy', reason='ROS 2 is not installed: pip install -e .[ros]')
+    rows = {r['case']: r for r in run(tmp_path, 'cameras')}
+    for camera in ('1 camera: rgb_front', '2 cameras: rgb_front', '2 cameras: rgb_left'):
+        assert rows[f'{camera} output']['unit'] == 'Hz'
+        assert rows[f'{camera} output']['median'] > 0, rows  # every node published masks
+        assert rows[f'{camera} node CPU']['median'] > 0
+        assert 0 <= rows[f'{camera} stale drops']['median'] <= 100
