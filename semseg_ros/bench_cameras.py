@@ -64,7 +64,9 @@ def measure(
     names = CAMERAS[:cameras]
     domain = random_domain_id()
     env = dict(isolated_environment(domain), PYTHONUNBUFFERED='1')
-    os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')})
+    keys = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})  # this process's monitor node joins the graph
     logs = Path(tempfile.mkdtemp(prefix='bench_cameras_logs_'))  # kept when a run fails
     children: list[subprocess.Popen] = []
 
@@ -117,12 +119,12 @@ def measure(
             replays = {c: start(_replay_command(dataset, c, total), f'replay_{c}') for c in names}
             spin_until(lambda: all(masks.values()), 60.0)
             spin_until(lambda: False, warmup_s)
-            cpu0 = {c: _cpu_seconds(p.pid) for c, p in [*nodes.items(), *replays_items(replays)]}
+            cpu0 = {c: _cpu_seconds(p.pid) for c, p in [*nodes.items(), *_replay_items(replays)]}
             counts0 = {c: len(masks[c]) for c in names}
             t0 = time.monotonic()
             spin_until(lambda: False, window_s)
             elapsed = time.monotonic() - t0
-            cpu1 = {c: _cpu_seconds(p.pid) for c, p in [*nodes.items(), *replays_items(replays)]}
+            cpu1 = {c: _cpu_seconds(p.pid) for c, p in [*nodes.items(), *_replay_items(replays)]}
             counts1 = {c: len(masks[c]) for c in names}
             spin_until(lambda: False, 1.2)  # one more /diagnostics report
             results = {}
@@ -151,11 +153,16 @@ def measure(
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     shutil.rmtree(logs, ignore_errors=True)
     return results
 
 
-def replays_items(replays: dict[str, subprocess.Popen]) -> list[tuple[str, subprocess.Popen]]:
+def _replay_items(replays: dict[str, subprocess.Popen]) -> list[tuple[str, subprocess.Popen]]:
     return [(f'replay {c}', p) for c, p in replays.items()]
 
 

@@ -345,3 +345,16 @@ def test_lockstep_without_a_node_waits_each_frame_then_reports_the_timeouts(
     assert 'nothing publishes /semseg_node/mask' in log, log
     assert 'lockstep: 3 frame(s), 3 timed out after 0.3 s waiting for /semseg_node/mask' in log
     assert time.monotonic() - started > 3 * 0.3
+
+
+def test_lockstep_reads_a_bag_ticks_image_stamp_from_its_cdr_bytes():
+    header = TYPESTORE.types['std_msgs/msg/Header'](
+        stamp=TYPESTORE.types['builtin_interfaces/msg/Time'](sec=12, nanosec=345), frame_id='f'
+    )
+    image = TYPESTORE.types['sensor_msgs/msg/Image'](
+        header=header, height=1, width=1, encoding='mono8', is_bigendian=0, step=1,
+        data=np.zeros(1, np.uint8),
+    )  # fmt: skip
+    raw = bytes(TYPESTORE.serialize_cdr(image, 'sensor_msgs/msg/Image'))
+    tick = [('/clock', 'rosgraph_msgs/msg/Clock', b''), (CAMERA, 'sensor_msgs/msg/Image', raw)]
+    assert replay._image_stamp(tick, CAMERA) == (12, 345)

@@ -168,7 +168,7 @@ NO_OUTPUTS = Outputs(False, False, False)
 class ReceivedFrame:
     """A camera message as the slot holds it: its fields, its header, when it arrived."""
 
-    image: ImageFields
+    image: ImageFields | CompressedFields  # compressed: decoded on the worker
     header: Any
     received: float  # time.monotonic() at the callback
 
