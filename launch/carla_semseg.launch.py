@@ -7,11 +7,22 @@ Start the CARLA 0.9.13 server first (`./CarlaUE4.sh`), then:
 The bridge's `carla_ros_bridge_with_example_ego_vehicle.launch.py` also starts
 carla_manual_control (a pygame window showing rgb_view: click it, then drive with WASD or
 press P for autopilot). Its sensors come from our config/carla_objects.json: rgb_front and a
-semantic_segmentation_front of the same pose, size and fov, so ground truth lines up.
+semantic_segmentation_front of the same pose, size and fov, so ground truth lines up (and
+rgb_left / rgb_right with their segmentation cameras).
+
+`cameras:=rgb_front,rgb_left,rgb_right` starts one semseg_node per camera, each in the
+namespace of its camera (/<camera>/semseg_node/...), its own process: an OpaqueFunction
+expands the list when the launch runs (a substitution cannot make a variable number of
+actions).
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    IncludeLaunchDescription,
+    OpaqueFunction,
+    SetEnvironmentVariable,
+)
 from launch.conditions import LaunchConfigurationNotEquals
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
@@ -20,6 +31,55 @@ from launch_ros.substitutions import FindPackageShare
 PACKAGE = 'semseg_ros'
 PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 ROLE_NAME = 'ego_vehicle'  # the vehicle id in config/carla_objects.json
+RGB_PREFIX = 'rgb_'  # rgb_<side> pairs with semantic_segmentation_<side> in carla_objects.json
+SEG_PREFIX = 'semantic_segmentation_'
+
+
+def camera_list(text: str) -> list[str]:
+    """``'rgb_front, rgb_left'`` -> ``['rgb_front', 'rgb_left']``; each must be an rgb_<side>."""
+    cameras = [c.strip() for c in text.split(',') if c.strip()]
+    bad = [c for c in cameras if not c.startswith(RGB_PREFIX)]
+    if not cameras or bad or len(set(cameras)) != len(cameras):
+        msg = (
+            f'cameras:={text!r}: give distinct rgb_<side> camera ids of carla_objects.json, '
+            'comma-separated, e.g. cameras:=rgb_front,rgb_left,rgb_right'
+        )
+        raise ValueError(msg)
+    return cameras
+
+
+def semseg_nodes(context, share):
+    """One semseg.launch.py per camera of ``cameras``, each in its camera's namespace, with
+    that camera's segmentation camera as ground truth; rviz2 once, showing all of them."""
+    cameras = camera_list(context.launch_configurations['cameras'])
+    single = cameras == ['rgb_front']  # the default keeps the root namespace: /semseg_node/...
+    rviz_config = (
+        PathJoinSubstitution([share, 'config', 'semseg.rviz'])
+        if single
+        else PathJoinSubstitution([share, 'config', 'semseg_multi.rviz'])
+    )
+    actions = []
+    for index, camera in enumerate(cameras):
+        seg_camera = SEG_PREFIX + camera.removeprefix(RGB_PREFIX)
+        actions.append(
+            IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(
+                    PathJoinSubstitution([share, 'launch', 'semseg.launch.py'])
+                ),
+                launch_arguments={
+                    'model': LaunchConfiguration('model'),
+                    'namespace': '' if single else camera,
+                    'image_topic': f'/carla/{ROLE_NAME}/{camera}/image',
+                    'ground_truth': 'true',
+                    'gt_topic': f'/carla/{ROLE_NAME}/{seg_camera}/image',
+                    'use_sim_time': 'true',  # the bridge runs synchronous and publishes /clock
+                    'fastdds_profile': LaunchConfiguration('fastdds_profile'),
+                    'rviz': LaunchConfiguration('rviz') if index == 0 else 'false',
+                    'rviz_config': rviz_config,
+                }.items(),
+            )
+        )
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -70,7 +130,18 @@ def generate_launch_description() -> LaunchDescription:
             description='Model file for the node (model_path): .onnx, .engine or checkpoint',
         ),
         DeclareLaunchArgument(
-            'rviz', default_value='true', description='Start rviz2 with config/semseg.rviz'
+            'cameras',
+            default_value='rgb_front',
+            description=(
+                'Comma-separated RGB cameras of carla_objects.json to segment, e.g. '
+                'rgb_front,rgb_left,rgb_right: one semseg_node process per camera, in the '
+                'namespace /<camera> when there are several (outputs /<camera>/semseg_node/...)'
+            ),
+        ),
+        DeclareLaunchArgument(
+            'rviz',
+            default_value='true',
+            description='Start rviz2 with config/semseg.rviz (semseg_multi.rviz for several)',
         ),
     ]
     # Before the nodes: the publisher's profile counts most, so the bridge gets it too.
@@ -101,16 +172,5 @@ def generate_launch_description() -> LaunchDescription:
             'objects_definition_file': LaunchConfiguration('objects_definition_file'),
         }.items(),
     )
-    semseg = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(PathJoinSubstitution([share, 'launch', 'semseg.launch.py'])),
-        launch_arguments={
-            'model': LaunchConfiguration('model'),
-            'image_topic': f'/carla/{ROLE_NAME}/rgb_front/image',
-            'ground_truth': 'true',
-            'gt_topic': f'/carla/{ROLE_NAME}/semantic_segmentation_front/image',
-            'use_sim_time': 'true',  # the bridge runs synchronous and publishes /clock
-            'fastdds_profile': LaunchConfiguration('fastdds_profile'),
-            'rviz': LaunchConfiguration('rviz'),
-        }.items(),
-    )
+    semseg = OpaqueFunction(function=semseg_nodes, args=[share])
     return LaunchDescription([*arguments, fastdds_profile, bridge, semseg])

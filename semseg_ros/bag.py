@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from semseg_ros.cli import parse_args
+from semseg_ros.compressed import COMPRESSED_SUFFIX, COMPRESSED_TYPE, CompressedFields
 from semseg_ros.imaging import ImageFormatError, WarnOncePerKind
 from semseg_ros.node.core import ALL_OUTPUTS, FrameProcessor, Outputs, load_segmenter
 from semseg_ros.node.params import (
@@ -41,6 +42,7 @@ from semseg_ros.topic_names import TopicNameError, resolve_topic
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 DEFAULT_IMAGE_TOPIC = '/carla/ego_vehicle/rgb_front/image'
 STORAGES = ('mcap', 'sqlite3')
+CAMERA_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)  # camera topics segmented (compressed: decoded)
 
 
 class BagError(ValueError):
@@ -61,15 +63,20 @@ class BagReport:
 
 
 def pick_image_topic(connections: Sequence[Any], requested: str | None) -> str:
-    """The camera topic: ``requested``, else the bridge's RGB camera, else the only Image."""
-    images = sorted({c.topic for c in connections if c.msgtype == IMAGE_TYPE})
+    """The camera topic: ``requested``, else the bridge's RGB camera (raw, else compressed),
+    else the only Image or CompressedImage topic."""
+    images = sorted({c.topic for c in connections if c.msgtype in CAMERA_TYPES})
     if requested is not None:
         if requested not in images:
-            msg = f'topic {requested} is not an {IMAGE_TYPE} topic of the bag; Image topics: '
+            msg = (
+                f'topic {requested} is not an {IMAGE_TYPE} topic (nor {COMPRESSED_TYPE}) of '
+                'the bag; camera topics: '
+            )
             raise BagError(msg + (', '.join(images) or 'none'))
         return requested
-    if DEFAULT_IMAGE_TOPIC in images:
-        return DEFAULT_IMAGE_TOPIC
+    for default in (DEFAULT_IMAGE_TOPIC, DEFAULT_IMAGE_TOPIC + COMPRESSED_SUFFIX):
+        if default in images:
+            return default
     if len(images) == 1:
         return images[0]
     msg = (
@@ -178,7 +185,12 @@ def process_bag(
                     bar.update()
                     msg = reader.deserialize(raw, conn.msgtype)
                     try:
-                        frame = processor.process(msg, msg.header, outputs)
+                        image = (
+                            CompressedFields.from_msg(msg)
+                            if conn.msgtype == COMPRESSED_TYPE
+                            else msg
+                        )
+                        frame = processor.process(image, msg.header, outputs)
                     except ImageFormatError as err:
                         warn(err)
                         report.bad_frames[err.kind] = report.bad_frames.get(err.kind, 0) + 1
@@ -238,7 +250,11 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument('--backend', default='auto', help='auto, onnxruntime, tensorrt, torch')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
     parser.add_argument(
-        '--image-topic', help=f'camera topic (default {DEFAULT_IMAGE_TOPIC} or the only Image)'
+        '--image-topic',
+        help=(
+            f'camera topic, Image or CompressedImage (default {DEFAULT_IMAGE_TOPIC}[/compressed] '
+            'or the only one)'
+        ),
     )
     parser.add_argument(
         '--outputs',

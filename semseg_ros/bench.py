@@ -646,12 +646,20 @@ def bench_gpu(*, quick: bool = False) -> list[Row]:
     return rows
 
 
+def bench_cameras(*, quick: bool = False) -> list[Row]:
+    """One semseg_node per camera, 1 vs 2 cameras at 20 Hz 800x600 (semseg_ros.bench_cameras)."""
+    from semseg_ros.bench_cameras import bench_cameras as run
+
+    return run(quick=quick)
+
+
 SECTIONS: dict[str, Callable[..., list[Row]]] = {
     'labels': bench_labels,
     'synth': bench_synth,
     'transport': bench_transport,
     'inference': bench_inference,
     'gpu': bench_gpu,
+    'cameras': bench_cameras,
 }
 
 

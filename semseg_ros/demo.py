@@ -146,9 +146,11 @@ def run_graph(
     log_dir: Path,
     rate: float,
     domain_id: int | None = None,
+    lockstep: bool = False,
 ) -> None:
     """replay -> node -> recorder in a ROS domain of their own (``domain_id``, default a
-    random one); each must exit 0."""
+    random one); each must exit 0. ``lockstep``: the replay waits for each frame's mask
+    (``semseg replay --lockstep``), so the node segments every frame."""
     domain = random_domain_id() if domain_id is None else domain_id
     env = dict(isolated_environment(domain), PYTHONUNBUFFERED='1')
     children: list[ChildProcess] = []
@@ -168,7 +170,8 @@ def run_graph(
         camera = ChildProcess(
             'replay',
             semseg_command('replay', str(drive_dir), '--rate', str(rate), '--preload',
-                           '--wait-for-subscribers', '1', '--wait-for', f'{CAMERA_INFO_TOPIC}:1'),
+                           '--wait-for-subscribers', '1', '--wait-for', f'{CAMERA_INFO_TOPIC}:1',
+                           *(['--lockstep', '--lockstep-topic', MASK_TOPIC] if lockstep else [])),
             env=env, log_dir=log_dir,
         )  # fmt: skip
         children.append(camera)
@@ -256,6 +259,7 @@ def run_demo(
     seed: int = 7,
     rate: float = SIM_HZ,
     domain_id: int | None = None,
+    lockstep: bool = False,
 ) -> dict:
     """Run every step and return the metrics (also written to ``out/metrics.json``)."""
     from training.data.check import check_dataset, write_report
@@ -280,8 +284,9 @@ def run_demo(
     drive_dir = generate_dataset(out / 'drive', frames, seed, mode='sequence', progress=True)
     samples = scan_dataset(drive_dir).samples
     run_graph(
-        model, drive_dir, out / 'outputs_bag', log_dir=out / 'logs', rate=rate, domain_id=domain_id
-    )
+        model, drive_dir, out / 'outputs_bag', log_dir=out / 'logs', rate=rate,
+        domain_id=domain_id, lockstep=lockstep,
+    )  # fmt: skip
     outputs = read_outputs(out / 'outputs_bag')
     masks = outputs.masks
     if not masks:
@@ -307,6 +312,7 @@ def run_demo(
     final = outputs.final
     metrics = {
         'model': str(model),
+        'lockstep': lockstep,
         'frames_published': len(samples),
         'masks_received': len(masks),
         'stream_seconds': round(outputs.stream_seconds(), 2),
@@ -371,13 +377,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument('--frames', type=int, default=80, help='drive frames (default 80)')
     parser.add_argument('--seed', type=int, default=7, help='synthetic drive seed (default 7)')
     parser.add_argument('--rate', type=float, default=SIM_HZ, help='camera Hz (default 20)')
+    parser.add_argument(
+        '--lockstep',
+        action='store_true',
+        help=(
+            'the camera waits for each mask before the next frame (semseg replay --lockstep): '
+            'the node is scored on every frame, the same IoU as semseg bag over the drive'
+        ),
+    )
     args = parser.parse_args(argv)
     if args.frames < 2 or args.rate <= 0:
         parser.error(f'need --frames >= 2 and --rate > 0, got {args.frames} and {args.rate}')
     try:
         metrics = run_demo(
-            args.out, model=args.model, frames=args.frames, seed=args.seed, rate=args.rate
-        )
+            args.out, model=args.model, frames=args.frames, seed=args.seed, rate=args.rate,
+            lockstep=args.lockstep,
+        )  # fmt: skip
     except DemoError as err:
         print(f'{parser.prog}: {err}', file=sys.stderr)
         return 1

@@ -22,6 +22,12 @@ CameraInfo and Clock message unchanged (the recorded CDR bytes) on its recorded 
 tick per header stamp (what ``ros2 bag play`` does, paced by ``--rate`` instead of the
 recorded times).
 
+``--lockstep`` publishes tick ``k + 1`` only once the node's output for tick ``k`` arrived
+(``--lockstep-topic``, default ``/semseg_node/mask``, matched by header stamp) or
+``--lockstep-timeout`` seconds passed (counted and reported at exit): a node slower than
+``--rate`` is then scored on every frame instead of the newest one, the same frames
+``semseg bag`` segments offline.
+
 SIGINT / SIGTERM stop it after the current tick; before it exits (stopped or at the end),
 it waits up to 2 s until every reliable reader acknowledged what was published, so the last
 frames are not lost with the process. Exit code 0.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -53,6 +60,8 @@ SIM_HZ = 20.0  # the bridge's synchronous mode: fixed_delta_seconds 0.05
 SETTLE_S = 0.3  # discovery is done when no reader matched for this long ...
 SETTLE_MAX_S = 2.0  # ... or after this long
 FLUSH_S = 2.0  # at exit, wait this long at most for reliable readers' acknowledgements
+LOCKSTEP_TOPIC = '/semseg_node/mask'
+LOCKSTEP_TIMEOUT_S = 2.0
 
 
 class ReplayError(ValueError):
@@ -233,6 +242,12 @@ class Replayer:
         self.ticks = 0
         self.messages = 0
         self.sent: dict[str, int] = {}  # messages per topic
+        self.lockstep: Lockstep | None = None  # --lockstep: wait for the node's output
+
+    def wait_for_output(self, stamp: tuple[int, int]) -> None:
+        """With --lockstep, until the node's output of the tick stamped ``stamp`` arrived."""
+        if self.lockstep is not None:
+            self.lockstep.wait_for(stamp)
 
     def publisher(self, topic: str, msg_type: type) -> Any:
         pub = self.publishers.get(topic)
@@ -307,6 +322,63 @@ class Replayer:
             if not pub.wait_for_all_acked(left):
                 late.append(topic)
         return late
+
+
+class Lockstep:
+    """Waits, after each tick, for the node's output with that tick's header stamp.
+
+    Subscribes ``topic`` (sensor_msgs/Image, reliable) on the replay's node and spins it
+    while waiting; a frame whose output does not come within ``timeout`` s is counted in
+    ``timeouts`` (the node dropped it as bad input, failed, or is not there) and the replay
+    goes on.
+    """
+
+    def __init__(self, node: Any, topic: str, *, timeout: float, stop: StopSignal) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image
+
+        self.topic = topic
+        self.timeout = timeout
+        self.stop = stop
+        self.frames = 0
+        self.timeouts = 0
+        self._seen: set[tuple[int, int]] = set()
+        self.subscription = node.create_subscription(Image, topic, self._callback, bridge_qos())
+        self._executor = SingleThreadedExecutor(context=node.context)
+        self._executor.add_node(node)
+
+    def _callback(self, msg: Any) -> None:
+        self._seen.add((int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)))
+
+    def wait_for_publisher(self, timeout: float) -> bool:
+        """Until the node's output publisher matched (False after ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while self.subscription.get_publisher_count() < 1:
+            if time.monotonic() >= deadline or self.stop.is_set():
+                return False
+            self._executor.spin_once(timeout_sec=0.02)
+        return True
+
+    def wait_for(self, stamp: tuple[int, int]) -> bool:
+        """Until the output stamped ``stamp`` arrived: True, or False after the timeout."""
+        self.frames += 1
+        deadline = time.monotonic() + self.timeout
+        while stamp not in self._seen:
+            left = deadline - time.monotonic()
+            if self.stop.is_set():
+                return False
+            if left <= 0:
+                self.timeouts += 1
+                return False
+            self._executor.spin_once(timeout_sec=min(left, 0.05))
+        self._seen.discard(stamp)
+        return True
+
+    def report(self) -> str:
+        return (
+            f'lockstep: {self.frames} frame(s), {self.timeouts} timed out after '
+            f'{self.timeout:g} s waiting for {self.topic}'
+        )
 
 
 def publish_dataset_tick(
@@ -401,11 +473,30 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument(
         '--wait-timeout', type=float, default=30.0, help='seconds to wait for them (30)'
     )
+    parser.add_argument(
+        '--lockstep',
+        action='store_true',
+        help=(
+            "publish the next frame only once the node's output for this one arrived (or "
+            '--lockstep-timeout passed): a slow node is scored on every frame'
+        ),
+    )
+    parser.add_argument(
+        '--lockstep-topic',
+        default=LOCKSTEP_TOPIC,
+        help=f'the node output to wait for, matched by header stamp ({LOCKSTEP_TOPIC})',
+    )
+    parser.add_argument(
+        '--lockstep-timeout',
+        type=float,
+        default=LOCKSTEP_TIMEOUT_S,
+        help=f'seconds to wait for each output before going on (default {LOCKSTEP_TIMEOUT_S:g})',
+    )
     return parser
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    require_positive(parser, args, 'rate', 'sim_hz', 'duration', 'count')
+    require_positive(parser, args, 'rate', 'sim_hz', 'duration', 'count', 'lockstep_timeout')
     if not 0 < args.fov < 180:
         parser.error(f'--fov must be in (0, 180) degrees, got {args.fov}')
     if not args.source.exists():
@@ -434,6 +525,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 1
     with StopSignal() as stop, tool_node('semseg_replay') as node:
         replayer = Replayer(node, rate=args.rate, stop=stop)
+        if args.lockstep:
+            replayer.lockstep = Lockstep(
+                node, args.lockstep_topic, timeout=args.lockstep_timeout, stop=stop
+            )
         try:
             if bag:
                 _replay_bag(replayer, args)
@@ -453,6 +548,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             )
     for topic, count in replayer.sent.items():
         print(f'  {topic}: {count} sent')
+    if replayer.lockstep is not None:
+        lockstep = replayer.lockstep
+        print(lockstep.report(), file=sys.stderr if lockstep.timeouts else sys.stdout, flush=True)
     print(
         f'replayed {replayer.ticks} ticks ({replayer.messages} messages) from {args.source}',
         flush=True,
@@ -468,6 +566,16 @@ def _limits_reached(replayer: Replayer, args: argparse.Namespace, start: float) 
 
 def _wait(replayer: Replayer, topic: str, args: argparse.Namespace) -> None:
     """``--wait-for-subscribers`` (on the camera image ``topic``) and ``--wait-for``."""
+    lockstep = replayer.lockstep
+    unmatched = lockstep is not None and not lockstep.wait_for_publisher(args.wait_timeout)
+    if unmatched and lockstep is not None and not replayer.stop.is_set():
+        print(
+            f'warning: --lockstep: nothing publishes {lockstep.topic} after '
+            f'{args.wait_timeout:g} s (is the node running, in this namespace?); every '
+            f'frame will wait --lockstep-timeout {lockstep.timeout:g} s',
+            file=sys.stderr,
+            flush=True,
+        )
     wanted = dict(args.wait_for)
     if args.wait_for_subscribers > 0:
         wanted[topic] = max(wanted.get(topic, 0), args.wait_for_subscribers)
@@ -539,6 +647,8 @@ def _replay_dataset(
         )  # fmt: skip
         replayer.ticks += 1
         index += 1
+        stamp_ns = sim_stamp_ns(replayer.ticks - 1, args.sim_hz)
+        replayer.wait_for_output(divmod(stamp_ns, 1_000_000_000))
 
 
 def _replay_bag(replayer: Replayer, args: argparse.Namespace) -> None:
@@ -573,8 +683,20 @@ def _replay_bag(replayer: Replayer, args: argparse.Namespace) -> None:
             for topic, msgtype, raw in tick:  # the recorded CDR bytes, unchanged
                 replayer.publish(topic, raw, message_type(topic, msgtype))
             replayer.ticks += 1
+            if replayer.lockstep is not None:
+                replayer.wait_for_output(_image_stamp(tick, image_topic))
         if first:
             raise ReplayError(f'{args.source} has no messages to replay')
+
+
+def _image_stamp(tick: list[tuple[str, str, bytes]], image_topic: str) -> tuple[int, int]:
+    """The header stamp of ``image_topic``'s message in a bag tick (CDR: after the 4-byte
+    encapsulation header, the header's sec int32 and nanosec uint32 come first)."""
+    raw = next((r for t, _, r in tick if t == image_topic), tick[-1][2])
+    little = raw[1] == 1  # CDR_LE
+    order = '<' if little else '>'
+    sec, nanosec = struct.unpack_from(f'{order}iI', raw, 4)
+    return sec, nanosec
 
 
 if __name__ == '__main__':

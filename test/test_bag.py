@@ -207,6 +207,45 @@ def test_camera_topic_choice(tmp_path: Path) -> None:
         )
 
 
+def test_compressed_camera_topics_are_decoded_and_a_corrupt_frame_counted(tmp_path: Path):
+    """A bag of sensor_msgs/CompressedImage (image_transport's topic and formats): PNG frames
+    are segmented as their raw pixels, a truncated JPEG is skipped with one warning."""
+    import cv2
+
+    topic = CAMERA + '/compressed'
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(3)]  # BGR
+    jpeg = cv2.imencode('.jpg', frames[0])[1].tobytes()
+    payloads = [
+        ('rgb8; png compressed bgr8', cv2.imencode('.png', frames[0])[1].tobytes()),
+        ('bgr8; jpeg compressed bgr8', jpeg[: len(jpeg) // 2]),
+        ('png', cv2.imencode('.png', frames[2])[1].tobytes()),
+    ]
+    msgtype = 'sensor_msgs/msg/CompressedImage'
+    with Writer(tmp_path / 'in', version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection(topic, msgtype, typestore=TYPESTORE)
+        for i, (fmt, data) in enumerate(payloads):
+            msg = T[msgtype](header=_header(i + 1), format=fmt, data=np.frombuffer(data, np.uint8))
+            writer.write(conn, 1_000_000_000 + i, bytes(TYPESTORE.serialize_cdr(msg, msgtype)))
+    warnings: list[str] = []
+    report = bag.process_bag(
+        tmp_path / 'in', tmp_path / 'out', FrameProcessor(BandSegmenter()), progress=False,
+        outputs=Outputs(True, False, False), log=warnings.append,
+    )  # fmt: skip
+    assert report.image_topic == topic  # found without --image-topic
+    assert report.frames == 2 and report.bad_frames == {'compressed_data': 1}
+    assert len(warnings) == 1 and 'cannot decode' in warnings[0] and topic in warnings[0]
+    masks = [
+        TYPESTORE.deserialize_cdr(d, 'sensor_msgs/msg/Image')
+        for c, _, d in read_bag(tmp_path / 'out')
+        if c == '/semseg_node/mask'
+    ]
+    assert [m.header.stamp.nanosec for m in masks] == [50_000_000, 150_000_000]
+    for mask, bgr in zip(masks, (frames[0], frames[2]), strict=True):
+        assert mask.header.frame_id == FRAME_ID and (mask.height, mask.width) == (24, 32)
+        np.testing.assert_array_equal(mask.data.reshape(24, 32), band_ids(bgr[..., ::-1]))
+
+
 def _peak_memory(tmp_path: Path, frames: int) -> int:
     write_input_bag(tmp_path / f'in{frames}', frames=frames, size=(800, 600))
     processor = FrameProcessor(BandSegmenter())

@@ -53,3 +53,14 @@ def test_gpu_section_runs_on_cuda_or_says_why_not(tmp_path):
             f'{variant} batch {b} {p}' for b in (1, 8) for p in ('engine', 'segmenter')
         } <= cases
     assert 'memory-traffic floor' in cases
+
+
+@pytest.mark.slow
+def test_cameras_section_runs_one_node_process_per_camera(tmp_path):
+    pytest.importorskip('rclpy', reason='ROS 2 is not installed: pip install -e .[ros]')
+    rows = {r['case']: r for r in run(tmp_path, 'cameras')}
+    for camera in ('1 camera: rgb_front', '2 cameras: rgb_front', '2 cameras: rgb_left'):
+        assert rows[f'{camera} output']['unit'] == 'Hz'
+        assert rows[f'{camera} output']['median'] > 0, rows  # every node published masks
+        assert rows[f'{camera} node CPU']['median'] > 0
+        assert 0 <= rows[f'{camera} stale drops']['median'] <= 100

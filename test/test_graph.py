@@ -117,3 +117,57 @@ def test_replay_node_recorder(tmp_path: Path, test_scale, ros_domain_id: int) ->
     latency = {kv.key: kv.value for kv in report.values}['latency stamp to publish p50 (ms)']
     # use_sim_time: latency is measured on /clock (sim time), 25 ms ticks at --rate 40.
     assert 0 <= float(latency) < 1000, report
+
+
+@pytest.mark.slow
+def test_lockstep_replay_scores_every_frame_as_semseg_bag_does(tmp_path: Path, ros_domain_id):
+    """replay --lockstep at a rate the node cannot keep (one frame per mask): every frame gets
+    its mask, and the masks are those ``semseg bag`` computes offline from the same frames."""
+    from semseg_ros.bag import process_bag
+    from semseg_ros.node.core import FrameProcessor, Outputs
+    from semseg_ros.segmenter import Segmenter
+
+    model = export_tiny_model(tmp_path)
+    frames = 12
+    dataset = generate_dataset(
+        tmp_path / 'drive', frames, seed=2, mode='sequence',
+        config=SynthConfig(width=160, height=120), progress=False,
+    )  # fmt: skip
+    env = graph_environment(ros_domain_id)
+    out = tmp_path / 'bag'
+    processes: list[Process] = []
+    try:
+        node = Process(node_command(model, 'backend:=onnxruntime', 'device:=cpu'), env=env)
+        processes.append(node)
+        recorder = Process.module(
+            'record', '--out', str(out), '--idle-timeout', '3', '--duration', '60',
+            MASK, CAMERA, env=env,
+        )  # fmt: skip
+        processes.append(recorder)
+        recorder.wait_for_line(f'{MASK}: 1 publisher(s) matched', timeout=30)
+        camera = Process.module(
+            'replay', str(dataset), '--rate', '1000', '--no-seg', '--preload', '--lockstep',
+            '--wait-for-subscribers', '2', env=env,
+        )  # fmt: skip
+        processes.append(camera)
+        replay_log = camera.finish(timeout=60)
+        node.signal(signal.SIGINT)
+        node.finish(timeout=20)
+        recorder.finish(timeout=30)
+    finally:
+        for process in processes:
+            process.kill()
+    assert f'lockstep: {frames} frame(s), 0 timed out' in replay_log, replay_log
+    masks = {stamp(m): m for m in read_bag(out)[MASK]}
+    assert len(masks) == frames  # none dropped as stale: the node saw every frame
+
+    processor = FrameProcessor(Segmenter.from_model(model, backend='onnxruntime', device='cpu'))
+    offline = tmp_path / 'offline'
+    process_bag(
+        out, offline, processor, image_topic=CAMERA, outputs=Outputs(True, False, False),
+        namespace='/offline', progress=False,
+    )  # fmt: skip
+    expected = {stamp(m): m for m in read_bag(offline)['/offline/semseg_node/mask']}
+    assert set(expected) == set(masks)
+    for key, mask in masks.items():
+        assert (mask.data == expected[key].data).all(), key

@@ -192,3 +192,63 @@ def test_launch_files_reference_files_that_exist():
             relative = [literal(p) for p in parts[1:]]
             if relative[0] in ('config', 'launch'):
                 assert (REPO.joinpath(*relative)).is_file(), f'{path.name}: {relative}'
+
+
+# --- Several cameras ------------------------------------------------------------------------
+
+
+def launch_function(path: Path, name: str):
+    """A plain function of a launch file (no launch import), with the module constants it
+    reads: its behaviour is checked without the launch API."""
+    tree = parse(path)
+    keep = [
+        n
+        for n in tree.body
+        if (isinstance(n, ast.FunctionDef) and n.name == name) or isinstance(n, ast.Assign)
+    ]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(path), 'exec'), namespace)
+    return namespace[name]
+
+
+def test_carla_launch_expands_the_camera_list_with_an_opaque_function():
+    tree = parse(LAUNCH['carla_semseg.launch.py'])
+    cameras = declared_arguments(tree)['cameras']
+    assert literal(keyword(cameras, 'default_value')) == 'rgb_front'
+    (opaque,) = calls(tree, 'OpaqueFunction')
+    assert getattr(keyword(opaque, 'function'), 'id', None) == 'semseg_nodes'
+    function = next(n for n in tree.body if getattr(n, 'name', '') == 'semseg_nodes')
+    # The per-camera include lives in the function the OpaqueFunction runs, in a loop.
+    (include,) = calls(function, 'IncludeLaunchDescription')
+    assert 'semseg.launch.py' in ast.dump(include.args[0])
+    assert any(isinstance(n, ast.For) for n in ast.walk(function))
+    passed = include_arguments(function, 'semseg.launch.py')
+    assert {'namespace', 'image_topic', 'gt_topic', 'rviz', 'rviz_config'} <= passed
+
+    camera_list = launch_function(LAUNCH['carla_semseg.launch.py'], 'camera_list')
+    assert camera_list('rgb_front') == ['rgb_front']
+    assert camera_list(' rgb_front, rgb_left ,rgb_right') == ['rgb_front', 'rgb_left', 'rgb_right']
+    for bad in ('', 'front', 'rgb_left,rgb_left'):
+        with pytest.raises(ValueError, match=r'e\.g\. cameras:=rgb_front,rgb_left,rgb_right'):
+            camera_list(bad)
+
+
+def test_every_rgb_camera_has_a_segmentation_twin_and_a_place_in_the_multi_rviz():
+    import json
+
+    import yaml
+
+    config = REPO / 'config'
+    objects = json.loads((config / 'carla_objects.json').read_text())['objects']
+    sensors = {s['id']: s for o in objects for s in o.get('sensors', [])}
+    rgb = [i for i in sensors if i.startswith('rgb_') and i != 'rgb_view']
+    assert {'rgb_front', 'rgb_left', 'rgb_right'} <= set(rgb)
+    rviz = yaml.safe_load((config / 'semseg_multi.rviz').read_text())
+    topics = {d['Topic']['Value'] for d in rviz['Visualization Manager']['Displays']}
+    for camera in rgb:
+        twin = sensors['semantic_segmentation_' + camera.removeprefix('rgb_')]
+        assert twin['type'] == 'sensor.camera.semantic_segmentation'
+        for key in ('spawn_point', 'image_size_x', 'image_size_y', 'fov'):
+            assert twin[key] == sensors[camera][key], (camera, key)
+        assert (sensors[camera]['image_size_x'], sensors[camera]['fov']) == (800, 90.0)
+        assert f'/{camera}/{NODE_NAME}/overlay' in topics

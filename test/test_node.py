@@ -26,7 +26,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from test_bag import export_tiny_model  # noqa: E402
 
 from semseg_ros.ground_truth import OnlineIoU  # noqa: E402
@@ -363,6 +363,71 @@ def test_use_sim_time_measures_latency_on_clock(graph):
     report = g.diagnostics()
     # Stamp 99.95 s published at sim time 100 s: 50 ms of simulated time, whatever the wall.
     assert report['latency stamp to publish p50 (ms)'] == '50.0'
+
+
+def test_frames_the_simulator_stamped_but_never_sent_are_counted_from_sim_time_gaps(graph):
+    """A bridge skipping ticks (stamps 0.05 s apart, some missing): the node counts what never
+    reached it from the stamps alone, however the wall clock ran."""
+    g = graph(sim_tick_s=0.05)
+    camera = g.publisher(Image, CAMERA)
+    g.wait(connected(camera), what='the node to subscribe the camera')
+    ticks = [1, 2, 4, 7, 8, 12]  # 3, 5, 6, 9, 10, 11 never sent: 6 frames
+    for count, k in enumerate(ticks, start=1):  # one at a time, each received
+        sec, nanosec = divmod(k * 50_000_000, 1_000_000_000)
+        camera.publish(image_msg(camera_frame(k), 'bgra8', sec=sec, nanosec=nanosec))
+        g.wait(lambda count=count: g.node.core.slot.received == count, what=f'frame {k}')
+    report = g.diagnostics()
+    assert report['frames never received (sim-time gaps)'] == '6'
+    assert report['frames received'] == str(len(ticks))
+    keys = dict(graph(sim_tick_s=0.0).node.core.diagnostics()['values'])
+    assert 'frames never received (sim-time gaps)' not in keys  # 0: not counted
+
+
+def compressed_msg(data: bytes, fmt: str, *, sec: int) -> CompressedImage:
+    msg = CompressedImage(format=fmt)
+    msg.data = data
+    msg.header.stamp.sec = sec
+    msg.header.frame_id = FRAME_ID
+    return msg
+
+
+def test_compressed_input_is_decoded_into_the_same_path_and_bad_frames_are_counted(
+    graph, segmenter
+):
+    """input_transport: compressed subscribes the remapped camera + '/compressed'; a PNG frame
+    gives the raw frame's mask, a corrupt JPEG and an unknown format are dropped and counted
+    per kind, and the node goes on."""
+    import cv2
+
+    g = graph(input_transport='compressed')
+    assert g.node.image_subscription.topic_name == CAMERA + '/compressed'
+    masks = g.subscribe('/semseg_node/mask')
+    camera = g.publisher(CompressedImage, CAMERA + '/compressed')
+    g.wait(connected(camera), what='the node to subscribe the compressed camera')
+    g.wait(lambda: g.node.wanted_outputs().mask, what='the mask subscription to match')
+    bgr = camera_frame(0)[..., :3].copy()  # (H, W, 3) what image_transport encodes: bgr8
+    png = cv2.imencode('.png', bgr)[1].tobytes()
+    jpeg = cv2.imencode('.jpg', bgr)[1].tobytes()
+    frames = [
+        (png, 'rgb8; png compressed bgr8'),
+        (jpeg[: len(jpeg) // 2], 'bgr8; jpeg compressed bgr8'),  # truncated
+        (png, 'yuv422; h264'),
+        (png, 'png'),
+    ]
+    for sec, (data, fmt) in enumerate(frames, start=1):
+        camera.publish(compressed_msg(data, fmt, sec=sec))
+        g.wait(lambda sec=sec: g.node.core.pending == 0 and g.node.core.slot.received == sec,
+               what=f'frame {sec}')  # fmt: skip
+    g.wait(lambda: len(masks) == 2, what='two masks')
+    expected = segmenter.segment(bgr[..., ::-1].copy()).ids  # (H, W) uint8
+    assert [m.header.stamp.sec for m in masks] == [1, 4]
+    for mask in masks:
+        assert mask.header.frame_id == FRAME_ID
+        np.testing.assert_array_equal(as_array(mask), expected)
+    report = g.diagnostics()
+    assert report['frames dropped (compressed_data)'] == '1'
+    assert report['frames dropped (compressed_format)'] == '1'
+    assert report['frames dropped (bad input)'] == '2' and report['frames published'] == '2'
 
 
 # --- As a process ------------------------------------------------------------------------------

@@ -761,3 +761,26 @@ def test_class_set_parameter_recolours_and_must_fit_the_model(tiny_model):
     msg = image_msg(rgb_frame(), 'rgb8')
     out = processor.process(msg, msg.header)
     np.testing.assert_array_equal(image_to_array(out.images['color'])[..., 0], out.ids * 10)
+
+
+# --- Sim-time gaps ------------------------------------------------------------------------------
+
+
+def test_sim_time_gaps_count_skipped_ticks_and_restart_on_a_jump_back():
+    from semseg_ros.node.statistics import SimTimeGaps
+
+    gaps = SimTimeGaps(0.05)
+    tick = 50_000_000
+    added = [gaps.observe(k * tick) for k in (1, 2, 4, 7, 7, 8)]
+    assert added == [0, 0, 1, 2, 0, 0] and gaps.missing == 3
+    gaps.observe(1 * tick)  # a bag played again from the start: no count, new baseline
+    gaps.observe(3 * tick + 3_000_000)  # jitter rounds to whole ticks
+    assert gaps.missing == 4
+    with pytest.raises(ValueError, match='tick_s must be positive'):
+        SimTimeGaps(0)
+
+
+def test_sim_tick_s_is_validated_and_zero_disables_the_count():
+    with pytest.raises(ParamError, match=r'sim_tick_s -0.1 is negative: use e.g. 0.05'):
+        NodeParams(sim_tick_s=-0.1)
+    assert NodeParams(sim_tick_s=0).sim_tick_s == 0.0

@@ -330,3 +330,31 @@ def test_best_effort_recorder_with_count_limited_looping_replay(
     assert f'{CAMERA}: 10 received, 0 lost' in log, log
     stamps = [stamp(m) for m in read_bag(out)[CAMERA]]
     assert stamps == [divmod(replay.sim_stamp_ns(k), 10**9) for k in range(10)]  # on through loops
+
+
+@pytest.mark.slow
+def test_lockstep_without_a_node_waits_each_frame_then_reports_the_timeouts(
+    dataset: Path, ros_domain_id: int
+) -> None:
+    env = graph_environment(ros_domain_id)
+    started = time.monotonic()
+    log = Process.module(
+        'replay', str(dataset), '--count', '3', '--lockstep', '--lockstep-timeout', '0.3',
+        '--wait-timeout', '0.5', env=env,
+    ).finish(30)  # fmt: skip
+    assert 'nothing publishes /semseg_node/mask' in log, log
+    assert 'lockstep: 3 frame(s), 3 timed out after 0.3 s waiting for /semseg_node/mask' in log
+    assert time.monotonic() - started > 3 * 0.3
+
+
+def test_lockstep_reads_a_bag_ticks_image_stamp_from_its_cdr_bytes():
+    header = TYPESTORE.types['std_msgs/msg/Header'](
+        stamp=TYPESTORE.types['builtin_interfaces/msg/Time'](sec=12, nanosec=345), frame_id='f'
+    )
+    image = TYPESTORE.types['sensor_msgs/msg/Image'](
+        header=header, height=1, width=1, encoding='mono8', is_bigendian=0, step=1,
+        data=np.zeros(1, np.uint8),
+    )  # fmt: skip
+    raw = bytes(TYPESTORE.serialize_cdr(image, 'sensor_msgs/msg/Image'))
+    tick = [('/clock', 'rosgraph_msgs/msg/Clock', b''), (CAMERA, 'sensor_msgs/msg/Image', raw)]
+    assert replay._image_stamp(tick, CAMERA) == (12, 345)

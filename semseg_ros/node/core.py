@@ -36,6 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from semseg_ros.compressed import CompressedFields
 from semseg_ros.ground_truth import GroundTruthMatcher, OnlineIoU
 from semseg_ros.imaging import (
     ImageFields,
@@ -59,7 +60,13 @@ from semseg_ros.node.params import (
     ParamError,
     check_choice,
 )
-from semseg_ros.node.statistics import LatencyStats, RateMeter, stamp_of, stamp_to_ns
+from semseg_ros.node.statistics import (
+    LatencyStats,
+    RateMeter,
+    SimTimeGaps,
+    stamp_of,
+    stamp_to_ns,
+)
 from semseg_ros.visualize import error_image
 from semseg_ros.visualize import overlay as blend
 
@@ -161,7 +168,7 @@ NO_OUTPUTS = Outputs(False, False, False)
 class ReceivedFrame:
     """A camera message as the slot holds it: its fields, its header, when it arrived."""
 
-    image: ImageFields
+    image: ImageFields | CompressedFields  # compressed: decoded on the worker
     header: Any
     received: float  # time.monotonic() at the callback
 
@@ -243,7 +250,10 @@ class FrameProcessor:
         """
         start = time.perf_counter()
         display = self.display  # one snapshot per frame: a live change never tears a frame
-        rgb = frame_to_rgb(image)  # (H, W, 3) uint8
+        if isinstance(image, CompressedFields):  # input_transport: compressed
+            rgb = image.to_rgb()  # (H, W, 3) uint8
+        else:
+            rgb = frame_to_rgb(image)  # (H, W, 3) uint8
         images: dict[str, ImageFields] = {}
         segment_with_confidence = getattr(self.segmenter, 'segment_with_confidence', None)
         if outputs.confidence and segment_with_confidence is not None:
@@ -361,6 +371,8 @@ class NodeCore:
         self.lost_in_transport = 0  # image frames DDS reported lost (rclpy's message_lost)
         self.gt_lost_in_transport = 0
         self._finished = 0  # frames taken from the slot whose handling ended, however
+        #: Frames the simulator stamped that never arrived (None: sim_tick_s 0, not counted).
+        self.sim_gaps = SimTimeGaps(params.sim_tick_s) if params.sim_tick_s > 0 else None
         self._now_ns = now_ns
         self._clock = clock
         self._last_report = {'bad': 0, 'received': 0, 'failed': 0, 'skipped': 0, 'lost': 0}
@@ -406,7 +418,25 @@ class NodeCore:
     def on_image(self, msg: Any) -> None:
         """Image callback body: newest frame into the slot (a stale one is dropped)."""
         self.input_rate.tick()
+        self._observe_sim_time(msg)
         self.slot.put(ReceivedFrame.from_msg(msg, received=self._clock()))
+
+    def on_compressed_image(self, msg: Any) -> None:
+        """CompressedImage callback body: as :meth:`on_image`; decoded on the worker."""
+        self.input_rate.tick()
+        self._observe_sim_time(msg)
+        frame = ReceivedFrame(CompressedFields.from_msg(msg), msg.header, self._clock())
+        self.slot.put(frame)
+
+    def _observe_sim_time(self, msg: Any) -> None:
+        """Count sim-time gaps before the stamp of ``msg`` (a header it cannot read: none)."""
+        if self.sim_gaps is None:
+            return
+        try:
+            stamp_ns = stamp_to_ns(stamp_of(msg.header))
+        except (AttributeError, TypeError, ValueError):
+            return  # a malformed header is reported where the frame is processed
+        self.sim_gaps.observe(stamp_ns)
 
     def on_message_lost(self, count: int, *, ground_truth: bool = False) -> None:
         """``count`` more frames were lost between the publisher and this subscription."""
@@ -594,6 +624,7 @@ class NodeCore:
             miou=miou,
             per_class_iou=per_class,
             ground_truth=gt,
+            never_received=None if self.sim_gaps is None else self.sim_gaps.missing,
         )
 
 

@@ -44,12 +44,14 @@ def diagnostics_status(
     miou: float | None = None,
     per_class_iou: Mapping[str, float] | None = None,
     ground_truth: Mapping[str, Any] | None = None,
+    never_received: int | None = None,
 ) -> dict[str, Any]:
     """A diagnostic_msgs/DiagnosticStatus as plain data.
 
     Returns ``{'level': int, 'name', 'message', 'hardware_id', 'values': [(key, value)]}``,
-    every value a string. The level is ERROR when frames failed (a bug: see the log) since
-    the last report, WARN when no frame arrived since the last report or
+    every value a string. ``never_received``: frames the simulator stamped that never reached
+    the node (sim-time gaps; None: not counted). The level is ERROR when frames failed (a
+    bug: see the log) since the last report, WARN when no frame arrived since the last report or
     malformed frames were dropped since then, else OK (saying so when every frame since the
     last report was skipped because no output had a subscriber). The adapter converts it to
     its own
@@ -63,6 +65,11 @@ def diagnostics_status(
         ('processing p50 (ms)', _ms(processing.p50)),
         ('processing p99 (ms)', _ms(processing.p99)),
         ('frames lost in transport', str(lost_in_transport)),
+        *(
+            [('frames never received (sim-time gaps)', str(never_received))]
+            if never_received is not None
+            else []
+        ),
         ('frames received', str(received)),
         *([('frames published', str(published))] if published is not None else []),
         ('frames pending', str(pending)),

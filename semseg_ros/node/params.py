@@ -38,6 +38,7 @@ OUTPUT_QOS_DEPTH = 10
 
 COLOR_ENCODINGS = ('rgb8', 'bgr8')
 QOS_RELIABILITIES = ('best_available', 'reliable', 'best_effort')
+INPUT_TRANSPORTS = ('raw', 'compressed')
 
 
 class ParamError(ValueError):
@@ -89,6 +90,12 @@ class NodeParams:
         'set (e.g. [road, car] or [7, 10]); the other classes are greyed. Empty = none '
         'highlighted (every class in its colour).',
     )
+    input_transport: str = _param(
+        'raw',
+        'Camera transport: raw subscribes image (sensor_msgs/Image); compressed subscribes '
+        "image/compressed (sensor_msgs/CompressedImage, JPEG or PNG as image_transport's "
+        'compressed plugin publishes it), decoded with OpenCV on the inference thread.',
+    )
     qos_reliability: str = _param(
         'best_available',
         'Reliability of the image subscriptions: best_available (reliable when the publishers '
@@ -112,6 +119,13 @@ class NodeParams:
         'Class set of the ground-truth palette: carla23 for the released bridge (CARLA '
         '0.9.13), cityscapes29 for CARLA 0.9.14+, lyft13 for CARLA <= 0.9.9.',
     )
+    sim_tick_s: float = _param(
+        0.05,
+        "Simulation seconds between two camera frames (the bridge's fixed_delta_seconds): "
+        'gaps in the sim-time stamps of the frames received are counted on /diagnostics as '
+        "'frames never received (sim-time gaps)'. 0 disables the count (cameras whose stamps "
+        'are not on a fixed tick).',
+    )
     use_sim_time: bool = _param(
         False, 'Use /clock (simulation time) for stamps and latency; set true with CARLA.'
     )
@@ -133,7 +147,12 @@ class NodeParams:
         if not 0.0 <= self.overlay_alpha <= 1.0:
             msg = f'overlay_alpha {self.overlay_alpha} is outside 0..1: use e.g. 0.5'
             raise ParamError(msg)
+        check_choice('input_transport', self.input_transport, INPUT_TRANSPORTS)
         check_choice('qos_reliability', self.qos_reliability, QOS_RELIABILITIES)
+        if self.sim_tick_s < 0:
+            msg = f'sim_tick_s {self.sim_tick_s} is negative: use e.g. 0.05, or 0 to disable'
+            raise ParamError(msg)
+        object.__setattr__(self, 'sim_tick_s', float(self.sim_tick_s))
         if self.qos_depth < 1:
             msg = f'qos_depth {self.qos_depth} must be at least 1 (1 = newest frame only)'
             raise ParamError(msg)

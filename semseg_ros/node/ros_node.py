@@ -37,8 +37,9 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
+from semseg_ros.compressed import COMPRESSED_SUFFIX
 from semseg_ros.node.core import FrameWorker, NodeCore, Outputs, ProcessedFrame
 from semseg_ros.node.live_params import LIVE_PARAMETERS, ros_description
 from semseg_ros.node.params import (
@@ -108,9 +109,19 @@ class SemsegNode(Node):
                 reliability=_RELIABILITY[params.qos_reliability],
             )
 
-        self.image_subscription = self._subscribe(
-            INPUT_TOPIC, self.image_callback, camera_qos(), self.core.on_message_lost
-        )
+        if params.input_transport == 'compressed':
+            # image_transport's naming: the remapped camera topic + '/compressed'.
+            self.image_subscription = self._subscribe(
+                self.resolve_topic_name(INPUT_TOPIC) + COMPRESSED_SUFFIX,
+                self.compressed_image_callback,
+                camera_qos(),
+                self.core.on_message_lost,
+                msg_type=CompressedImage,
+            )
+        else:
+            self.image_subscription = self._subscribe(
+                INPUT_TOPIC, self.image_callback, camera_qos(), self.core.on_message_lost
+            )
         self.gt_subscription = None
         if params.ground_truth:
             self.gt_subscription = self._subscribe(
@@ -164,9 +175,11 @@ class SemsegNode(Node):
         callback: Callable[[Image], None],
         qos: QoSProfile,
         on_lost: Callable[[int], None],
+        *,
+        msg_type: type = Image,
     ) -> Any:
         return self.create_subscription(
-            Image,
+            msg_type,
             topic,
             callback,
             qos,
@@ -222,6 +235,9 @@ class SemsegNode(Node):
 
     def image_callback(self, msg: Image) -> None:
         self.core.on_image(msg)
+
+    def compressed_image_callback(self, msg: CompressedImage) -> None:
+        self.core.on_compressed_image(msg)
 
     def ground_truth_callback(self, msg: Image) -> None:
         self.core.on_ground_truth(msg)

@@ -122,3 +122,33 @@ class LatencyStats:
             'mean': float(values.mean()),
             'max': float(values.max()),
         }
+
+
+class SimTimeGaps:
+    """Frames the simulator produced that never reached the node, from sim-time stamp gaps.
+
+    The CARLA bridge in synchronous mode stamps camera frame ``k`` at ``k * tick_s`` of
+    simulation time, so a jump of ``n`` ticks between two received stamps means ``n - 1``
+    frames never arrived (lost in transport, dropped by a publisher, or a bridge that fell
+    behind the simulator), whatever the wall clock did meanwhile. ``observe`` each received
+    frame's stamp; ``missing`` is the total. A stamp at or before the previous one (a bag
+    played in a loop, a restarted simulation) starts counting afresh from it. Thread-safe.
+    """
+
+    def __init__(self, tick_s: float) -> None:
+        if not tick_s > 0:
+            raise ValueError(f'tick_s must be positive, got {tick_s}')
+        self.tick_ns = tick_s * 1e9
+        self.missing = 0
+        self._last_ns: int | None = None
+        self._lock = threading.Lock()
+
+    def observe(self, stamp_ns: int) -> int:
+        """Count the ticks skipped since the previous stamp; returns how many this one added."""
+        with self._lock:
+            last, self._last_ns = self._last_ns, stamp_ns
+            if last is None or stamp_ns <= last:
+                return 0
+            skipped = max(round((stamp_ns - last) / self.tick_ns) - 1, 0)
+            self.missing += skipped
+            return skipped
