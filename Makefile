@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell $(PYTHON) -c "import hashlib,pathlib;print(hashlib.sha1(pathlib.Path('setup.py').read_bytes()).hexdigest()[:10])")
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all demo test lint format bench model venv clean
+.PHONY: all demo test lint format bench fuzz soak model venv clean
 
 all: test
 
@@ -45,6 +45,11 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/semseg bench --out runs/bench
+
+# Hostile input: 10,000 generated camera and ground-truth messages each through the node's
+# message path (make test runs 300, seeded); SEMSEG_FUZZ_SEED=<n> picks another seed.
+fuzz: $(STAMP)
+	SEMSEG_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -s -p no:cacheprovider test/test_fuzz.py
 
 # The shipped demo model: train with the default CPU config on synthetic data (~12 min on two
 # cores), evaluate it on its test split, export it to ONNX. models/README.md records a run.

@@ -236,6 +236,25 @@ class FrameProcessor:
         return array_to_image_fields(from_rgb(rgb, self.color_encoding), self.color_encoding)
 
 
+def checked_stamp(header: Any) -> tuple[int, int]:
+    """``(sec, nanosec)`` of a message's header; ImageFormatError('header') if it has none.
+
+    rclpy's setters keep a received header well-typed; a duck-typed message (a bag reader, a
+    test) may carry anything, and that must drop the frame, not the worker.
+    """
+    try:
+        return stamp_of(header)
+    except (AttributeError, TypeError, ValueError, OverflowError) as err:
+        stamp = getattr(header, 'stamp', header)
+        text = repr(stamp)
+        text = text if len(text) <= 60 else f'{text[:57]}...'
+        message = (
+            f'header.stamp must hold integer sec and nanosec, got {text} ({err}): fill the '
+            'header from the clock (builtin_interfaces/msg/Time)'
+        )
+        raise ImageFormatError('header', message) from err
+
+
 # --- The node minus ROS ----------------------------------------------------------------------
 
 
@@ -361,7 +380,12 @@ class NodeCore:
         """Ground-truth callback body: keep the raw message by stamp (decoded if matched)."""
         if self.matcher is None:
             return
-        pair = self.matcher.add_ground_truth(stamp_of(msg.header), msg)
+        try:
+            stamp = checked_stamp(msg.header)
+        except ImageFormatError as err:
+            self.bad_ground_truth(err)
+            return
+        pair = self.matcher.add_ground_truth(stamp, msg)
         if pair is not None:
             self._evaluations.append(pair)  # scored on the worker thread, not here
 
@@ -395,6 +419,7 @@ class NodeCore:
             if self.matcher is None:
                 return None  # and nothing to score: no inference at all
         try:
+            stamp = checked_stamp(frame.header)
             result = self.processor.process(frame.image, frame.header, wanted)
         except ImageFormatError as err:
             if not wanted.any():
@@ -405,10 +430,10 @@ class NodeCore:
             publish(result)
             self.published += 1
             self.output_rate.tick()
-            self.latency.add((self._now_ns() - stamp_to_ns(stamp_of(frame.header))) / 1e9)
+            self.latency.add((self._now_ns() - stamp_to_ns(stamp)) / 1e9)
         self.processing.add(result.processing_s)
         if self.matcher is not None:
-            pair = self.matcher.add_prediction(stamp_of(frame.header), result.ids)
+            pair = self.matcher.add_prediction(stamp, result.ids)
             if pair is not None:
                 self._score(*pair)
         return result
