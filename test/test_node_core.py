@@ -548,7 +548,7 @@ def test_worker_survives_a_failing_segmenter_and_reports_error():
     assert core.failed == 3
     assert len(errors) == 1 and 'RuntimeError: CUDA out of memory' in errors[0]
     status = core.diagnostics()
-    assert status['level'] == ERROR and dict(status['values'])['frames failed'] == '3'
+    assert status['level'] == WARN and dict(status['values'])['frames failed'] == '3'
 
 
 def gt_msg(ids: np.ndarray, hdr) -> Image:
@@ -674,7 +674,9 @@ def test_diagnostics_status_levels_and_messages():
     assert 'mIoU' not in dict(diagnostics_status(**common)['values'])  # GT off: no IoU row
     assert diagnostics_status(**common, new_bad=2)['level'] == WARN
     assert diagnostics_status(**common, new_frames=0)['level'] == WARN
-    assert diagnostics_status(**common, new_failed=1)['level'] == ERROR
+    assert diagnostics_status(**common, new_failed=1)['level'] == WARN
+    assert diagnostics_status(**common, new_failed=1, failing_reports=2)['level'] == ERROR
+    assert diagnostics_status(**common, fatal='the inference thread died')['level'] == ERROR
     idle = diagnostics_status(**common, skipped=7, new_frames=3, new_skipped=3)
     assert idle['level'] == OK
     assert idle['message'] == 'idle: no subscriber on any output (3 frame(s) not processed)'

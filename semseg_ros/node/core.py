@@ -25,6 +25,7 @@ status) and :mod:`semseg_ros.ground_truth` (matching and online IoU).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -306,6 +307,9 @@ class NodeCore:
         self.params = params
         self._log_error = log_error or log_warning
         self.failed = 0  # frames whose processing raised something unexpected (a bug)
+        self._failing_reports = 0  # diagnostics reports in a row with failed frames
+        #: Set when the worker thread died (see :class:`FrameWorker`): the node must go down.
+        self.worker_error: BaseException | None = None
         self._failures_logged: set[str] = set()
         self.segmenter = segmenter
         self.processor = FrameProcessor(
@@ -457,8 +461,10 @@ class NodeCore:
         """Loop :meth:`step` until :meth:`stop` (the body of the worker thread).
 
         An unexpected exception drops its frame, is logged (with traceback) once per type
-        and counted, and turns /diagnostics to ERROR: the node stays up and says so, rather
-        than a dead thread behind a live node.
+        and counted as failed, and turns /diagnostics to WARN (ERROR while it keeps failing,
+        OK once frames go through again): the node stays up and says so. Anything that ends
+        this loop otherwise (a BaseException, a failure of the handler itself) ends the
+        thread: :class:`FrameWorker` records it and the adapter takes the node down.
         """
         while not self.slot.closed:
             try:
@@ -493,6 +499,11 @@ class NodeCore:
         new_failed = self.failed - self._last_report['failed']
         new_skipped = self.skipped - self._last_report['skipped']
         new_lost = self.lost_in_transport - self._last_report['lost']
+        self._failing_reports = self._failing_reports + 1 if new_failed else 0
+        fatal = None
+        if self.worker_error is not None:
+            err = self.worker_error
+            fatal = f'the inference thread died ({type(err).__name__}: {err}); the node stops'
         self._last_report = {
             'bad': bad_total,
             'received': received,
@@ -534,6 +545,8 @@ class NodeCore:
             new_skipped=new_skipped,
             new_bad=new_bad,
             new_failed=new_failed,
+            failing_reports=self._failing_reports,
+            fatal=fatal,
             backend=str(getattr(self.segmenter, 'backend_name', '?')),
             model=_describe_model(self.segmenter, self.params),
             class_set=self.processor.palette.name,
@@ -562,7 +575,18 @@ class FrameWorker(threading.Thread):
         self._publish = publish
 
     def run(self) -> None:
-        self.core.run(self._outputs, self._publish)
+        try:
+            self.core.run(self._outputs, self._publish)
+        except BaseException as err:  # the thread ends: say why, for the adapter to exit on
+            self.core.worker_error = err
+            trace = ''.join(traceback.format_exception(err))
+            with contextlib.suppress(BaseException):  # the adapter still sees worker_error
+                self.core._log_error(f'the inference thread died: {err!r}\n{trace}')
+
+    @property
+    def died(self) -> bool:
+        """True when the thread ended by an error rather than by :meth:`stop`."""
+        return self.core.worker_error is not None
 
     def stop(self, timeout: float | None = 1.5) -> None:
         """Let the frame in flight finish (bounded: the node must exit within 2 s)."""

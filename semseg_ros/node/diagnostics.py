@@ -40,6 +40,8 @@ def diagnostics_status(
     new_failed: int = 0,
     new_skipped: int = 0,
     new_lost: int = 0,
+    failing_reports: int | None = None,
+    fatal: str | None = None,
     hardware_id: str = '',
     miou: float | None = None,
     per_class_iou: Mapping[str, float] | None = None,
@@ -48,12 +50,15 @@ def diagnostics_status(
     """A diagnostic_msgs/DiagnosticStatus as plain data.
 
     Returns ``{'level': int, 'name', 'message', 'hardware_id', 'values': [(key, value)]}``,
-    every value a string. The level is ERROR when frames failed (a bug: see the log) since
-    the last report, WARN when no frame arrived since the last report or
-    malformed frames were dropped since then, else OK (saying so when every frame since the
-    last report was skipped because no output had a subscriber). The adapter converts it to
-    its own
-    message type (rclpy's ``level`` is ``bytes([level])``; rosbags' an int).
+    every value a string. The level is ERROR when ``fatal`` says the node is going down
+    (its inference thread died) or frames keep failing (``failing_reports``: reports in a row,
+    this one included, with failed frames; 2 or more), WARN when frames failed since the last
+    report only, when frames were lost in transport, when no frame arrived or malformed
+    frames were dropped since the last report, else OK (saying so when every frame since the
+    last report was skipped because no output had a subscriber): a node whose engine fails
+    for a moment goes WARN, ERROR if it keeps failing, and OK once frames go through again.
+    The adapter converts it to its own message type (rclpy's ``level`` is
+    ``bytes([level])``; rosbags' an int).
     """
     values: list[tuple[str, str]] = [
         ('input rate (Hz)', f'{input_rate:.2f}'),
@@ -85,8 +90,18 @@ def diagnostics_status(
             ('mIoU', 'n/a' if miou is None or math.isnan(miou) else f'{miou:.4f}'),
         ]
         values += [(f'IoU {cls}', f'{v:.4f}') for cls, v in (per_class_iou or {}).items()]
-    if new_failed:
-        level, message = ERROR, f'{new_failed} frame(s) failed since the last report: see log'
+    if failing_reports is None:
+        failing_reports = int(new_failed > 0)
+    if fatal:
+        level, message = ERROR, fatal
+    elif new_failed and failing_reports >= 2:
+        level = ERROR
+        message = (
+            f'frames keep failing: {new_failed} since the last report, failures in '
+            f'{failing_reports} reports in a row: see log'
+        )
+    elif new_failed:
+        level, message = WARN, f'{new_failed} frame(s) failed since the last report: see log'
     elif new_lost:
         level = WARN
         message = (
