@@ -27,7 +27,13 @@ from typing import Any
 
 from semseg_ros.cli import parse_args
 from semseg_ros.imaging import ImageFormatError, WarnOncePerKind
-from semseg_ros.node.core import ALL_OUTPUTS, FrameProcessor, Outputs, load_segmenter
+from semseg_ros.node.core import (
+    ALL_OUTPUTS,
+    FrameProcessor,
+    Outputs,
+    load_segmenter,
+    model_warning,
+)
 from semseg_ros.node.params import (
     COLOR_ENCODINGS,
     NODE_NAME,
@@ -271,6 +277,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             color_encoding=args.color_encoding, overlay_alpha=args.overlay_alpha,
         )  # fmt: skip
         segmenter = load_segmenter(params)
+        warning = model_warning(segmenter)
+        if warning:
+            print(f'warning: {warning}', file=sys.stderr)
     except (ParamError, NodeStartupError) as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2 if isinstance(err, ParamError) else 1

@@ -6,6 +6,7 @@ typestore (the same layouts rclpy and the DDS adapter hand to node_core).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -693,7 +694,7 @@ def tiny_model(tmp_path_factory) -> Path:
     pytest.importorskip('onnxruntime')
     from onnx import TensorProto, helper, numpy_helper
 
-    from semseg_ros.model_file import metadata_dict
+    from semseg_ros.model_file import WEIGHTS_DIGEST_KEY, metadata_dict
     from semseg_ros.pipeline import InputSpec
 
     num_classes, (width, height) = LYFT13.num_classes, (16, 12)
@@ -713,6 +714,8 @@ def tiny_model(tmp_path_factory) -> Path:
     model.ir_version = 8
     for key, value in metadata_dict(LYFT13, InputSpec((width, height))).items():
         model.metadata_props.add(key=key, value=value)
+    digest = hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+    model.metadata_props.add(key=WEIGHTS_DIGEST_KEY, value=digest)  # as an export records
     onnx.checker.check_model(model)
     path = tmp_path_factory.mktemp('model') / 'tiny.onnx'
     onnx.save(model, path)

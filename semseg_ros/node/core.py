@@ -278,6 +278,14 @@ def load_segmenter(params: NodeParams) -> Any:
     return segmenter
 
 
+def model_warning(segmenter: Any) -> str | None:
+    """The one load-time warning about the model: its weights cannot be checked."""
+    from semseg_ros.model_file import ModelInfo, unverified_warning
+
+    info = getattr(segmenter, 'model_info', None)
+    return unverified_warning(info) if isinstance(info, ModelInfo) else None
+
+
 def _describe_model(segmenter: Any, params: NodeParams) -> str:
     """The model file's name (``model_info`` is a ModelInfo, or a dict with a path)."""
     info = getattr(segmenter, 'model_info', None)
@@ -358,9 +366,13 @@ class NodeCore:
                 params = NodeParams.from_mapping(params)
         except ParamError as err:
             raise NodeStartupError(f'invalid parameter: {err}') from err
+        segmenter = load_segmenter(params)
+        warning = model_warning(segmenter)
+        if warning:
+            log_warning(warning)
         return cls(
             params,
-            load_segmenter(params),
+            segmenter,
             log_warning=log_warning,
             log_error=log_error,
             now_ns=now_ns,
