@@ -56,6 +56,7 @@ from semseg_ros.model_file import (
     read_model_info,
 )
 from semseg_ros.pipeline import InputSpec, prepare
+from semseg_ros.staged_output import remove_stale_temporaries, temporary_for
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 DEFAULT_OPSET = 17
@@ -181,9 +182,13 @@ def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: 
     model_proto.producer_version = __version__
     model_proto.doc_string = doc
     onnx.checker.check_model(model_proto, full_check=True)
-    tmp = out.with_name(out.name + '.tmp')
-    onnx.save(model_proto, str(tmp))
-    tmp.replace(out)  # atomic: a node never loads half a model
+    remove_stale_temporaries(out)  # what killed exports left
+    tmp = temporary_for(out)  # .NAME.tmp-<pid>
+    try:
+        onnx.save(model_proto, str(tmp))
+        tmp.replace(out)  # atomic: a node never loads half a model
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_onnx(
@@ -210,7 +215,8 @@ def export_onnx(
     example = torch.zeros(1, 3, height, width)
     dynamic = {0: 'batch', 2: 'height', 3: 'width'}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + '.export.tmp')
+    remove_stale_temporaries(out.with_name(out.name + '.export'))
+    tmp = temporary_for(out.with_name(out.name + '.export'))
     with warnings.catch_warnings():
         # The legacy exporter is deliberate (see the module docstring); its notice is noise.
         warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
