@@ -51,6 +51,11 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	SEMSEG_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -s -p no:cacheprovider test/test_fuzz.py
 
+# The real node for 10 minutes under 800x600 bgra8 at 30 Hz with the shipped model: memory,
+# latency and every frame accounted for (semseg_ros/soak.py; make test runs 30 s of it).
+soak: $(STAMP)
+	$(BIN)/python -m semseg_ros.soak --duration 600 --warmup 120 --json runs/soak/report.json
+
 # The shipped demo model: train with the default CPU config on synthetic data (~12 min on two
 # cores), evaluate it on its test split, export it to ONNX. models/README.md records a run.
 model: $(STAMP)

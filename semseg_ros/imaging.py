@@ -289,6 +289,36 @@ def image_to_array(image: ImageFields | Any, *, native: bool = False) -> np.ndar
     return pixels
 
 
+def mislabelled_padding(image: ImageFields | Any) -> str | None:
+    """Why a frame's row padding looks like another encoding's pixels, or None.
+
+    Legal by the step rules, but a row of exactly ``width x n`` bytes where the encoding has
+    fewer than ``n`` bytes per pixel is nearly always an encoding label that is wrong (bgra8
+    data labelled bgr8: step 3200 for width 800), and decoding it gives garbage. Call it on a
+    frame :func:`image_to_array` accepted.
+    """
+    fields = ImageFields.from_msg(image)
+    spec = ENCODINGS.get(fields.encoding)
+    if spec is None:
+        return None
+    bpp = spec.channels * spec.itemsize
+    width, step = int(fields.width), int(fields.step)
+    if step <= width * bpp or step % width:
+        return None
+    others = sorted(
+        name for name, s in ENCODINGS.items() if s.channels * s.itemsize == step // width
+    )
+    if not others:
+        return None
+    return (
+        f'step {step} is width {width} x {step // width} bytes, the row of '
+        f'{" / ".join(others)}, but encoding says {fields.encoding} ({bpp} bytes per pixel): '
+        f'the rows are decoded as {fields.encoding} with {step - width * bpp} bytes of '
+        'padding, which gives garbage if the data is really one of those; fix the encoding '
+        'label at the camera (or pad rows to another length if this padding is real)'
+    )
+
+
 def _check_array(array: np.ndarray, encoding: str, spec: _Encoding) -> None:
     dtype = np.dtype(np.uint8 if spec.itemsize == 1 else np.uint16)
     if spec.channels == 1:

@@ -45,6 +45,7 @@ from semseg_ros.imaging import (
     array_to_image_fields,
     frame_to_rgb,
     from_rgb,
+    mislabelled_padding,
 )
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from semseg_ros.node.diagnostics import diagnostics_status
@@ -334,13 +335,17 @@ class NodeCore:
         self.bad_input = WarnOncePerKind(log_warning, prefix=f'{INPUT_TOPIC}: ')
         self.bad_ground_truth = WarnOncePerKind(log_warning, prefix=f'{GROUND_TRUTH_TOPIC}: ')
         self.skipped = 0  # frames taken while no output had a subscriber (maybe still scored)
+        self.suspect = 0  # processed frames whose padding looks like another encoding's rows
+        self._log_warning = log_warning
         self.published = 0  # frames whose outputs were published
         self.lost_in_transport = 0  # image frames DDS reported lost (rclpy's message_lost)
         self.gt_lost_in_transport = 0
         self._finished = 0  # frames taken from the slot whose handling ended, however
         self._now_ns = now_ns
         self._clock = clock
-        self._last_report = {'bad': 0, 'received': 0, 'failed': 0, 'skipped': 0, 'lost': 0}
+        self._last_report = {
+            'bad': 0, 'received': 0, 'failed': 0, 'skipped': 0, 'lost': 0, 'suspect': 0,
+        }  # fmt: skip
         self.matcher: GroundTruthMatcher[Any] | None = None
         self.iou: OnlineIoU | None = None
         self._evaluations: deque[tuple[np.ndarray, Any]] = deque(maxlen=4)
@@ -442,6 +447,11 @@ class NodeCore:
                 self.skipped -= 1  # counted as bad instead: each frame in one column
             self.bad_input(err)
             return None
+        suspect = mislabelled_padding(frame.image)
+        if suspect:
+            self.suspect += 1
+            if self.suspect == 1:
+                self._log_warning(f'{INPUT_TOPIC}: {suspect}; further such frames are counted')
         if wanted.any():
             publish(result)
             self.published += 1
@@ -511,6 +521,7 @@ class NodeCore:
         new_failed = self.failed - self._last_report['failed']
         new_skipped = self.skipped - self._last_report['skipped']
         new_lost = self.lost_in_transport - self._last_report['lost']
+        new_suspect = self.suspect - self._last_report['suspect']
         self._failing_reports = self._failing_reports + 1 if new_failed else 0
         fatal = None
         if self.worker_error is not None:
@@ -522,6 +533,7 @@ class NodeCore:
             'failed': self.failed,
             'skipped': self.skipped,
             'lost': self.lost_in_transport,
+            'suspect': self.suspect,
         }
         miou = None
         per_class = None
@@ -558,6 +570,8 @@ class NodeCore:
             new_bad=new_bad,
             new_failed=new_failed,
             failing_reports=self._failing_reports,
+            suspect=self.suspect,
+            new_suspect=new_suspect,
             fatal=fatal,
             backend=str(getattr(self.segmenter, 'backend_name', '?')),
             model=_describe_model(self.segmenter, self.params),

@@ -41,6 +41,8 @@ def diagnostics_status(
     new_skipped: int = 0,
     new_lost: int = 0,
     failing_reports: int | None = None,
+    suspect: int = 0,
+    new_suspect: int = 0,
     fatal: str | None = None,
     hardware_id: str = '',
     miou: float | None = None,
@@ -65,8 +67,10 @@ def diagnostics_status(
         ('output rate (Hz)', f'{output_rate:.2f}'),
         ('latency stamp to publish p50 (ms)', _ms(latency.p50)),
         ('latency stamp to publish p99 (ms)', _ms(latency.p99)),
+        ('latency stamp to publish max (ms)', _ms(latency.max)),  # since the start
         ('processing p50 (ms)', _ms(processing.p50)),
         ('processing p99 (ms)', _ms(processing.p99)),
+        ('processing max (ms)', _ms(processing.max)),
         ('frames lost in transport', str(lost_in_transport)),
         ('frames received', str(received)),
         *([('frames published', str(published))] if published is not None else []),
@@ -76,6 +80,7 @@ def diagnostics_status(
         ('frames skipped (no subscriber)', str(skipped)),
         ('frames dropped (bad input)', str(sum(dropped_bad.values()))),
         *((f'frames dropped ({kind})', str(n)) for kind, n in sorted(dropped_bad.items())),
+        ('frames suspect (padding fits another encoding)', str(suspect)),
         ('backend', backend),
         ('model', model),
         ('class set', class_set),
@@ -112,6 +117,12 @@ def diagnostics_status(
         level, message = WARN, f'no images on {INPUT_TOPIC!r} since the last report'
     elif new_bad:
         level, message = WARN, f'{new_bad} malformed frame(s) dropped since the last report'
+    elif new_suspect:
+        level = WARN
+        message = (
+            f'{new_suspect} frame(s) whose row padding looks like another encoding: is the '
+            'encoding label right? see log'
+        )
     elif new_skipped == new_frames:
         level = OK
         message = f'idle: no subscriber on any output ({new_skipped} frame(s) not processed)'
