@@ -237,3 +237,21 @@ def test_checkpoints_killed_while_saving(tmp_path, env):
             load_checkpoint(path)  # complete and openable
         assert len(hidden(tmp_path)) <= 1, hidden(tmp_path)
     assert path.exists()
+
+
+def test_semseg_record_gets_the_replaced_bag_back_after_a_kill_mid_swap(tmp_path):
+    """A recorder killed between moving the old bag aside and moving the new one in: the
+    next recorder for the same --out puts the old bag back before it starts."""
+    pytest.importorskip('rclpy')
+    from semseg_ros import record
+
+    out = tmp_path / 'bag'
+    partial = record.partial_path(out)
+    (partial / record.REPLACED).mkdir(parents=True)
+    (partial / record.REPLACED / 'metadata.yaml').write_text('the old bag')
+    (partial / 'bag').mkdir()  # the new, complete one, never moved in
+    recorder = record.BagRecorder(object(), out, [])
+    assert (out / 'metadata.yaml').read_text() == 'the old bag'  # back before anything else
+    recorder.close()  # an empty recording replaces it, whole
+    assert sorted(p.name for p in out.iterdir()) == ['bag.mcap', 'metadata.yaml']
+    assert not partial.exists() and hidden(tmp_path) == []
