@@ -12,7 +12,9 @@ queue them. A subscriber listens to ~/mask (as rviz would) and /diagnostics. The
 * the bound on stamp-to-publish: a frame waits in the slot at most for the frame in flight,
   then is processed itself, so stamp-to-publish <= transport + 2 x processing max; checked
   as ``latency max <= 2 x processing max + TRANSPORT_ALLOWANCE_S``;
-* accounting: sent = lost in transport + received, received = published + stale + bad +
+* accounting: sent = lost in transport + overwritten before the callback (a reliable
+  reader's KEEP_LAST history overwritten while the executor was busy: DDS reports no loss,
+  the publication sequence numbers show it) + received, received = published + stale + bad +
   failed + skipped + pending, from the node's last /diagnostics (published on SIGINT), with
   any difference reported as unexplained;
 * output rate.
@@ -24,20 +26,25 @@ from __future__ import annotations
 
 import argparse
 import array
+import fcntl
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semseg_ros.ros_env import isolated_environment, random_domain_id, use_fastdds_profile
+from semseg_ros.ros_env import DOMAIN_IDS, isolated_environment, use_fastdds_profile
 
 REPO = Path(__file__).resolve().parents[1]
 CAMERA = '/carla/ego_vehicle/rgb_front/image'
@@ -93,7 +100,8 @@ class SoakReport:
         lines = [
             f'soak: {self.duration_s:.0f} s of {WIDTH}x{HEIGHT} bgra8 at {RATE_HZ:.0f} Hz, '
             f'{self.model}, load average {"/".join(f"{x:.2f}" for x in self.load_average)}',
-            f'  frames: sent {self.sent} = lost {c.get("lost", 0)} + received '
+            f'  frames: sent {self.sent} = lost {c.get("lost", 0)} + overwritten '
+            f'{c.get("overwritten", 0)} + received '
             f'{c.get("received", 0)}; received = published {c.get("published", 0)} + stale '
             f'{c.get("stale", 0)} + bad {c.get("bad", 0)} + failed {c.get("failed", 0)} + '
             f'skipped {c.get("skipped", 0)} + pending {c.get("pending", 0)}; unexplained '
@@ -136,6 +144,28 @@ def _percentiles(values_s: list[float]) -> dict[str, float]:
     return {'p50': float(p50), 'p99': float(p99), 'max': float(ms.max()), 'count': len(ms)}
 
 
+@contextmanager
+def _leased_domain_id() -> Iterator[int]:
+    """A ROS domain id no test session on this machine holds (test/ros_graph.py's lock
+    files), so a soak never shares a graph with a test run."""
+    lock_dir = Path(tempfile.gettempdir()) / 'semseg_ros_domains'
+    lock_dir.mkdir(exist_ok=True)
+    ids = list(DOMAIN_IDS)
+    random.shuffle(ids)
+    for domain_id in ids:
+        with (lock_dir / f'{domain_id}.lock').open('w') as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            try:
+                yield domain_id
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+    raise RuntimeError(f'every ROS domain id in {DOMAIN_IDS} is leased; see {lock_dir}')
+
+
 def _node_command(model: Path, extra: list[str]) -> list[str]:
     return [
         sys.executable, '-m', 'semseg_ros.node', '--ros-args',
@@ -152,7 +182,6 @@ def run_soak(
     model: Path = REPO / 'models' / 'semseg_demo.onnx',
     domain_id: int | None = None,
     rss_period_s: float = 5.0,
-    log=print,
 ) -> SoakReport:
     """Run the node for ``duration_s`` under 30 Hz input; see the module docstring."""
     import rclpy
@@ -161,7 +190,10 @@ def run_soak(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    domain_id = random_domain_id() if domain_id is None else domain_id
+    if domain_id is None:
+        with _leased_domain_id() as leased:
+            return run_soak(duration_s, warmup_s=warmup_s, model=model, domain_id=leased,
+                            rss_period_s=rss_period_s)  # fmt: skip
     env = isolated_environment(domain_id)
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
     env['PYTHONUNBUFFERED'] = '1'
@@ -265,6 +297,7 @@ def _fill(report: SoakReport, reports: list[Any], receipts: list[float], warmup_
     values = {kv.key: kv.value for kv in reports[-1].status[0].values}
     count = {
         'lost': 'frames lost in transport',
+        'overwritten': 'frames overwritten before the callback',
         'received': 'frames received',
         'published': 'frames published',
         'pending': 'frames pending',
@@ -276,7 +309,10 @@ def _fill(report: SoakReport, reports: list[Any], receipts: list[float], warmup_
     c = report.counts = {name: int(values[key]) for name, key in count.items()}
     columns = ('published', 'stale', 'bad', 'failed', 'skipped', 'pending')
     report.unexplained = {
-        'sent - lost - received': report.sent - c['lost'] - c['received'],
+        'sent - lost - overwritten - received': report.sent
+        - c['lost']
+        - c['overwritten']
+        - c['received'],
         'received - sum of fates': c['received'] - sum(c[k] for k in columns),
     }
 
@@ -316,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--model', type=Path, default=REPO / 'models' / 'semseg_demo.onnx')
     parser.add_argument('--json', type=Path, help='write the report as JSON here')
     args = parser.parse_args(argv)
-    report = run_soak(args.duration, warmup_s=args.warmup, model=args.model)
+    with _leased_domain_id() as domain_id:
+        report = run_soak(args.duration, warmup_s=args.warmup, model=args.model,
+                          domain_id=domain_id)  # fmt: skip
     print(report.text())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -169,3 +169,17 @@ def test_a_node_whose_worker_dies_exits_1_with_a_fatal_line(ros_env, ros_context
     assert 'injected: the worker loop broke' in fatal[0]
     levels = [r.status[0].level for r in reports]
     assert levels and levels[-1] == bytes([ERROR]), levels
+
+
+def test_frames_missing_from_a_publishers_sequence_are_counted_as_overwritten():
+    """A reliable reader's KEEP_LAST history overwrites samples while the executor is busy:
+    DDS reports no loss, but the publication sequence numbers skip."""
+    core = NodeCore(NodeParams(model_path='m.onnx'), BandSegmenter(), log_warning=print)
+    for seq in (1, 2, 5, 6, 9):  # 3, 4, 7, 8 never reached the callback
+        core.on_image(image_msg(rgb_frame(), 'rgb8', hdr=header(seq)), publisher='a', sequence=seq)
+    core.on_image(image_msg(rgb_frame(), 'rgb8', hdr=header(1)), publisher='b', sequence=1)
+    assert core.overwritten == 4
+    core.on_message_lost(1)  # one of them DDS did report: counted once, as lost in transport
+    values = dict(core.diagnostics()['values'])
+    assert values['frames overwritten before the callback'] == '3'
+    assert values['frames lost in transport'] == '1'

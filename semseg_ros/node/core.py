@@ -29,7 +29,7 @@ import contextlib
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +257,26 @@ def checked_stamp(header: Any) -> tuple[int, int]:
         raise ImageFormatError('header', message) from err
 
 
+class SequenceGaps:
+    """Frames skipped in each publisher's sequence numbers, for a bounded set of publishers."""
+
+    def __init__(self, max_publishers: int = 64) -> None:
+        self._last: OrderedDict[Any, int] = OrderedDict()
+        self._max = max_publishers
+        self.missing = 0
+
+    def see(self, publisher: Any, sequence: int) -> None:
+        key = repr(publisher)
+        last = self._last.get(key)
+        if last is not None and sequence > last + 1:
+            self.missing += sequence - last - 1
+        if last is None or sequence > last:
+            self._last[key] = sequence
+            self._last.move_to_end(key)
+            while len(self._last) > self._max:
+                self._last.popitem(last=False)
+
+
 # --- The node minus ROS ----------------------------------------------------------------------
 
 
@@ -339,6 +359,7 @@ class NodeCore:
         self._log_warning = log_warning
         self.published = 0  # frames whose outputs were published
         self.lost_in_transport = 0  # image frames DDS reported lost (rclpy's message_lost)
+        self._sequence_gaps = SequenceGaps()
         self.gt_lost_in_transport = 0
         self._finished = 0  # frames taken from the slot whose handling ended, however
         self._now_ns = now_ns
@@ -385,10 +406,23 @@ class NodeCore:
 
     # Subscription callbacks: cheap, never wait on inference.
 
-    def on_image(self, msg: Any) -> None:
-        """Image callback body: newest frame into the slot (a stale one is dropped)."""
+    def on_image(self, msg: Any, *, publisher: Any = None, sequence: int | None = None) -> None:
+        """Image callback body: newest frame into the slot (a stale one is dropped).
+
+        ``publisher`` and ``sequence`` (rclpy's MessageInfo: the publisher's gid and its
+        publication sequence number), when the middleware gives them, reveal frames that
+        never reached this callback although DDS reported no loss: a reliable reader whose
+        KEEP_LAST history overwrote samples while the executor was busy.
+        """
         self.input_rate.tick()
+        if sequence:
+            self._sequence_gaps.see(publisher, int(sequence))
         self.slot.put(ReceivedFrame.from_msg(msg, received=self._clock()))
+
+    @property
+    def overwritten(self) -> int:
+        """Frames missing from the publishers' sequences beyond those DDS reported lost."""
+        return max(0, self._sequence_gaps.missing - self.lost_in_transport)
 
     def on_message_lost(self, count: int, *, ground_truth: bool = False) -> None:
         """``count`` more frames were lost between the publisher and this subscription."""
@@ -558,6 +592,7 @@ class NodeCore:
             processing=self.processing,
             received=received,
             lost_in_transport=self.lost_in_transport,
+            overwritten=self.overwritten,
             published=self.published,
             pending=self.pending,
             dropped_stale=self.slot.dropped,

@@ -184,8 +184,13 @@ class SemsegNode(Node):
 
         return callback
 
-    def image_callback(self, msg: Image) -> None:
-        self.core.on_image(msg)
+    def image_callback(self, msg: Image, info: Any) -> None:
+        # The MessageInfo's sequence numbers count frames DDS dropped without a loss event.
+        self.core.on_image(
+            msg,
+            publisher=info.get('publisher_gid'),
+            sequence=info.get('publication_sequence_number'),
+        )
 
     def ground_truth_callback(self, msg: Image) -> None:
         self.core.on_ground_truth(msg)
