@@ -38,6 +38,7 @@ GPU = ['tensorrt>=10', 'pycuda>=2024.1']
 TEST = [
     'pytest>=8',
     'pytest-timeout>=2.3',
+    'hypothesis>=6.100',  # test/test_fuzz.py: generated hostile messages
     'pytest-cov>=6',  # `make test` records what ran (.coverage) and prints the table
     'coverage>=7.10',  # its `patch = subprocess` measures the node and tools we start
     'ruff>=0.6',

@@ -9,14 +9,13 @@ log time, so the new topics line up with the camera in any player.
 
 Streams message by message (bags larger than memory are fine) with a progress bar. The
 output is written to a hidden temporary folder next to OUT and renamed to OUT only when
-complete: an interrupted run (Ctrl-C, SIGTERM, an error) leaves no half-written OUT.
+complete (:mod:`semseg_ros.staged_output`): an interrupted run (Ctrl-C, SIGTERM, an error)
+leaves no half-written OUT, and what a SIGKILLed one leaves is cleaned by the next run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import signal
 import sys
 import time
@@ -28,7 +27,13 @@ from typing import Any
 from semseg_ros.cli import parse_args
 from semseg_ros.compressed import COMPRESSED_SUFFIX, COMPRESSED_TYPE, CompressedFields
 from semseg_ros.imaging import ImageFormatError, WarnOncePerKind
-from semseg_ros.node.core import ALL_OUTPUTS, FrameProcessor, Outputs, load_segmenter
+from semseg_ros.node.core import (
+    ALL_OUTPUTS,
+    FrameProcessor,
+    Outputs,
+    load_segmenter,
+    model_warning,
+)
 from semseg_ros.node.params import (
     COLOR_ENCODINGS,
     NODE_NAME,
@@ -37,6 +42,8 @@ from semseg_ros.node.params import (
     NodeStartupError,
     ParamError,
 )
+from semseg_ros.staged_output import StagedEntries
+from semseg_ros.staged_output import recover as _recover
 from semseg_ros.topic_names import TopicNameError, resolve_topic
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -86,8 +93,9 @@ def pick_image_topic(connections: Sequence[Any], requested: str | None) -> str:
     raise BagError(msg)
 
 
-def _temporary_sibling(out: Path, tag: str) -> Path:
-    return out.parent / f'.{out.name}.{tag}-{os.getpid()}'
+def recover_output(out: Path) -> None:
+    """Clean up after runs writing ``out`` that were killed (see staged_output.recover)."""
+    _recover(out.parent, out.name, out.parent, [out.name])
 
 
 def process_bag(
@@ -110,6 +118,7 @@ def process_bag(
     from tqdm import tqdm
 
     in_path, out = Path(in_path), Path(out_path)
+    recover_output(out)  # what a killed run left: gone, or the OUT it was replacing back
     if storage not in STORAGES:
         raise BagError(f'storage {storage!r} is not supported; use one of {", ".join(STORAGES)}')
     if out.exists() and not overwrite:
@@ -136,7 +145,7 @@ def process_bag(
         reader.open()
     except (AnyReaderError, OSError) as err:
         raise BagError(f'{in_path} is not a readable bag: {err}') from err
-    tmp = _temporary_sibling(out, 'partial')
+    staged = StagedEntries.for_folder(out)
     start = time.perf_counter()
     try:
         if not reader.is2:
@@ -149,7 +158,8 @@ def process_bag(
         report = BagReport(out, topic, output_topics)
         out.parent.mkdir(parents=True, exist_ok=True)
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
-        writer = Writer(tmp, version=8, storage_plugin=plugin)
+        # Written as .OUT.partial-<pid>/new/OUT (data file OUT_0.mcap, its final name).
+        writer = Writer(staged.open(), version=8, storage_plugin=plugin)
         writer.open()
         try:
             copies = {}
@@ -207,27 +217,16 @@ def process_bag(
                     report.frames += 1
         finally:
             writer.close()
-        _move_into_place(tmp, out, overwrite=overwrite)
+        if out.exists() and not overwrite:
+            raise BagError(f'{out} appeared while writing; the result is not moved over it')
+        staged.commit()  # the old OUT stays until the new one is in place
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written bag behind
+        staged.discard()  # never leave a half-written bag behind
         raise
     finally:
         reader.close()
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
-    """Rename the finished bag to ``out``; an old ``out`` goes only after the new one is in."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise BagError(f'{out} appeared while writing; the result is not moved over it')
-        old = _temporary_sibling(out, 'old')
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -287,6 +286,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             color_encoding=args.color_encoding, overlay_alpha=args.overlay_alpha,
         )  # fmt: skip
         segmenter = load_segmenter(params)
+        warning = model_warning(segmenter)
+        if warning:
+            print(f'warning: {warning}', file=sys.stderr)
     except (ParamError, NodeStartupError) as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2 if isinstance(err, ParamError) else 1

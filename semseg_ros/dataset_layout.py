@@ -84,11 +84,21 @@ def label_ids(image: np.ndarray) -> np.ndarray:
 def write_pair(rgb_path: Path, label_path: Path, bgr: np.ndarray, ids: np.ndarray) -> None:
     """Write one image / label pair in the layout's format: (H, W, 3) BGR and (H, W) ids.
 
-    Raises OSError naming the file that could not be written.
+    Each file is written whole or not at all (a temporary, then a rename: a run killed at
+    any moment leaves no half PNG under a final name). Raises OSError naming the file that
+    could not be written.
     """
+    from semseg_ros.staged_output import atomic_write_bytes
+
     for path, image, params in (
         (rgb_path, bgr, RGB_PNG_PARAMS),
         (label_path, label_image(ids), LABEL_PNG_PARAMS),
     ):
-        if not cv2.imwrite(str(path), image, params):
-            raise OSError(f'could not write {path}; check the disk space and permissions')
+        ok, encoded = cv2.imencode('.png', image, params)
+        if not ok:
+            raise OSError(f'could not encode {path} as PNG')
+        try:
+            atomic_write_bytes(Path(path), encoded.tobytes())
+        except OSError as err:
+            msg = f'could not write {path} ({err}); check the disk space and permissions'
+            raise OSError(msg) from err

@@ -75,7 +75,11 @@ _FROM_RGB = {
     'mono8': cv2.COLOR_RGB2GRAY,
 }
 
-ErrorKind = Literal['encoding', 'size', 'step', 'short_data', 'data', 'array']
+_FLAG_TYPES = (bool, int, np.bool_, np.integer)  # what a uint8 / bool message field may hold
+
+ErrorKind = Literal[
+    'encoding', 'size', 'step', 'short_data', 'data', 'is_bigendian', 'header', 'array'
+]
 
 
 class ImageFormatError(ValueError):
@@ -83,9 +87,10 @@ class ImageFormatError(ValueError):
 
     ``kind`` is one of 'encoding' (unsupported encoding), 'size' (height or width not a
     positive int), 'step' (row stride too small or not a whole number of values),
-    'short_data' (fewer than step*height bytes), 'data' (``data`` is not a byte buffer) and
-    'array' (an array whose shape or dtype does not fit the encoding). The message names the
-    field, its value and the fix.
+    'short_data' (fewer than step*height bytes), 'data' (``data`` is not a byte buffer),
+    'is_bigendian' (not 0 / 1 / a bool), 'header' (a stamp that is not two ints; the node
+    checks it) and 'array' (an array whose shape or dtype does not fit the encoding). The
+    message names the field, its value and the fix.
     """
 
     def __init__(self, kind: ErrorKind, message: str) -> None:
@@ -97,9 +102,10 @@ class ImageFormatError(ValueError):
 class ImageFields:
     """The fields of a sensor_msgs/msg/Image, free of any message class.
 
-    Holds what a message holds, unvalidated (a received frame may be malformed);
-    :func:`image_to_array` checks it. ``data`` is whatever the adapter has (see
-    :data:`ImageData`). ``eq=False``: ``data`` may be an ndarray, which has no plain ``==``.
+    Holds what a message holds, unvalidated (a received frame may be malformed; building one
+    never raises on a field's value): :func:`image_to_array` checks it. ``data`` is whatever
+    the adapter has (see :data:`ImageData`). ``eq=False``: ``data`` may be an ndarray, which
+    has no plain ``==``.
     """
 
     height: int
@@ -124,7 +130,9 @@ class ImageFields:
                     '(rclpy, rosbags or the DDS type) or an ImageFields'
                 )
                 raise TypeError(msg_text) from err
-        values['is_bigendian'] = bool(values['is_bigendian'])
+        flag = values['is_bigendian']
+        if isinstance(flag, _FLAG_TYPES):
+            values['is_bigendian'] = bool(flag)  # anything else: image_to_array rejects it
         return cls(**values)
 
     def msg_kwargs(
@@ -157,9 +165,15 @@ class ImageFields:
         }
 
 
+def _short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a fuzzed field may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else f'{text[: limit - 3]}...'
+
+
 def _unsupported(encoding: object, allowed: Sequence[str], what: str) -> ImageFormatError:
     message = (
-        f'encoding {encoding!r} is not supported {what}; publish one of '
+        f'encoding {_short_repr(encoding)} is not supported {what}; publish one of '
         f'{", ".join(allowed[:-1])} or {allowed[-1]}, or add a conversion'
     )
     return ImageFormatError('encoding', message)
@@ -208,7 +222,7 @@ def _dimension(name: str, value: object) -> int:
     try:
         number = operator.index(value)  # rejects floats and None; accepts numpy ints
     except TypeError as err:
-        message = f'{name} must be an int, got {value!r}'
+        message = f'{name} must be an int, got {_short_repr(value)}'
         raise ImageFormatError('size' if name != 'step' else 'step', message) from err
     if number <= 0 and name != 'step':
         message = f'{name} is {number}: an image needs at least one row and one column'
@@ -231,6 +245,12 @@ def image_to_array(image: ImageFields | Any, *, native: bool = False) -> np.ndar
     spec = ENCODINGS.get(fields.encoding) if isinstance(fields.encoding, str) else None
     if spec is None:
         raise _unsupported(fields.encoding, tuple(ENCODINGS), 'here')
+    if not isinstance(fields.is_bigendian, _FLAG_TYPES):
+        message = (
+            f'is_bigendian must be 0 or 1, got {_short_repr(fields.is_bigendian)}: set it to 0 '
+            '(little-endian) or 1'
+        )
+        raise ImageFormatError('is_bigendian', message)
     height = _dimension('height', fields.height)
     width = _dimension('width', fields.width)
     step = _dimension('step', fields.step)
@@ -269,6 +289,36 @@ def image_to_array(image: ImageFields | Any, *, native: bool = False) -> np.ndar
     return pixels
 
 
+def mislabelled_padding(image: ImageFields | Any) -> str | None:
+    """Why a frame's row padding looks like another encoding's pixels, or None.
+
+    Legal by the step rules, but a row of exactly ``width x n`` bytes where the encoding has
+    fewer than ``n`` bytes per pixel is nearly always an encoding label that is wrong (bgra8
+    data labelled bgr8: step 3200 for width 800), and decoding it gives garbage. Call it on a
+    frame :func:`image_to_array` accepted.
+    """
+    fields = ImageFields.from_msg(image)
+    spec = ENCODINGS.get(fields.encoding)
+    if spec is None:
+        return None
+    bpp = spec.channels * spec.itemsize
+    width, step = int(fields.width), int(fields.step)
+    if step <= width * bpp or step % width:
+        return None
+    others = sorted(
+        name for name, s in ENCODINGS.items() if s.channels * s.itemsize == step // width
+    )
+    if not others:
+        return None
+    return (
+        f'step {step} is width {width} x {step // width} bytes, the row of '
+        f'{" / ".join(others)}, but encoding says {fields.encoding} ({bpp} bytes per pixel): '
+        f'the rows are decoded as {fields.encoding} with {step - width * bpp} bytes of '
+        'padding, which gives garbage if the data is really one of those; fix the encoding '
+        'label at the camera (or pad rows to another length if this padding is real)'
+    )
+
+
 def _check_array(array: np.ndarray, encoding: str, spec: _Encoding) -> None:
     dtype = np.dtype(np.uint8 if spec.itemsize == 1 else np.uint16)
     if spec.channels == 1:
@@ -298,7 +348,7 @@ def to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
     rgb8 comes back as ``pixels`` itself (no copy; maybe a read-only strided view of the
     message); every other encoding is converted by OpenCV into a new contiguous array.
     """
-    if encoding not in RGB_ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in RGB_ENCODINGS:
         raise _unsupported(encoding, RGB_ENCODINGS, 'as model input')
     _check_array(pixels, encoding, ENCODINGS[encoding])
     if encoding == 'rgb8':
@@ -309,7 +359,8 @@ def to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
 def frame_to_rgb(image: ImageFields | Any) -> np.ndarray:
     """A camera message -> (H, W, 3) uint8 RGB: :func:`image_to_array` then :func:`to_rgb`."""
     fields = ImageFields.from_msg(image)
-    if fields.encoding not in RGB_ENCODINGS:  # name the node's list, not image_to_array's
+    if not isinstance(fields.encoding, str) or fields.encoding not in RGB_ENCODINGS:
+        # name the node's list, not image_to_array's
         raise _unsupported(fields.encoding, RGB_ENCODINGS, 'as model input')
     return to_rgb(image_to_array(fields), fields.encoding)
 

@@ -23,6 +23,7 @@ last; a cache entry counts only when both files are there.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -50,6 +51,11 @@ ENGINE_SUFFIX = '.engine'
 SIDECAR_SUFFIX = '.json'
 
 _EXPORT_HINT = 'semseg export --checkpoint CHECKPOINT.pt --out MODEL.onnx'
+
+#: Metadata key of the weights digest: sha256 (hex) of the serialized GraphProto (the ONNX
+#: ``graph`` field: nodes and initializers, i.e. every weight), recorded at export and checked
+#: by :func:`read_model_info`. Metadata is outside the graph, so adding it changes nothing.
+WEIGHTS_DIGEST_KEY = 'weights_sha256'
 
 
 class ModelFileError(ValueError):
@@ -99,6 +105,8 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...] = ()
     outputs: tuple[TensorInfo, ...] = ()
     sha256: str = ''
+    #: The weights digest recorded at export, checked at load; '' for an older export.
+    weights_sha256: str = ''
 
     @property
     def num_classes(self) -> int:
@@ -366,6 +374,7 @@ class _OnnxFacts:
     opset: int | None
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    graph_sha256: str = ''
 
 
 def _parse_onnx(data: bytes) -> _OnnxFacts:
@@ -397,7 +406,8 @@ def _parse_onnx(data: bytes) -> _OnnxFacts:
         elif number == 5 and isinstance(value, memoryview):  # TensorProto.name is field 8
             initializers.update(_text(v) for n, v in _fields(value) if n == 8)
     inputs = [t for t in inputs if t.name not in initializers]  # IR < 4 lists weights too
-    return _OnnxFacts(meta, opset, tuple(inputs), tuple(outputs))
+    digest = hashlib.sha256(graph).hexdigest()
+    return _OnnxFacts(meta, opset, tuple(inputs), tuple(outputs), digest)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -460,6 +470,15 @@ def read_model_info(path: str | Path) -> ModelInfo:
         outputs=facts.outputs,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+    recorded = facts.meta.get(WEIGHTS_DIGEST_KEY, '')
+    if recorded and recorded != facts.graph_sha256:
+        msg = (
+            f'{path} is damaged: its weights do not match the digest recorded at export '
+            f'({WEIGHTS_DIGEST_KEY} {recorded[:12]}..., the file has {facts.graph_sha256[:12]}'
+            '...); copy it again or re-export it'
+        )
+        raise ModelFileError(msg, path=path)
+    info = dataclasses.replace(info, weights_sha256=recorded)
     names = [t.name for t in facts.inputs], [t.name for t in facts.outputs]
     if info.input_name not in names[0] or info.output_name not in names[1]:
         msg = (
@@ -469,6 +488,17 @@ def read_model_info(path: str | Path) -> ModelInfo:
         )
         raise ModelFileError(msg, path=path)
     return info
+
+
+def unverified_warning(info: ModelInfo) -> str | None:
+    """The one warning for a model whose weights cannot be checked (an older export)."""
+    if info.weights_sha256 or info.path.suffix != '.onnx':
+        return None
+    return (
+        f'{info.path} records no weights digest ({WEIGHTS_DIGEST_KEY}; exported before it '
+        'existed), so damage to its weights cannot be detected; re-export it, or add the '
+        'digest to a copy you trust with `semseg export --add-digest MODEL.onnx`'
+    )
 
 
 # --- TensorRT engine cache names -------------------------------------------------------------

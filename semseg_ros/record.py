@@ -101,6 +101,11 @@ def parse_topic(spec: str) -> tuple[str, str]:
     return topic, msgtype
 
 
+#: In :func:`partial_path`: the bag ``--overwrite`` replaces, until the new one is in place
+#: (a run killed between the two renames gets it back on the next start).
+REPLACED = '.replaced'
+
+
 def partial_path(out: Path) -> Path:
     """The hidden sibling a bag is written in before it is renamed to ``out``."""
     return out.parent / f'.{out.name}.recording'
@@ -132,7 +137,10 @@ class BagRecorder:
         self.node = node
         self.out = out
         self.partial = partial_path(out)
-        if self.partial.exists():  # a killed run's leftovers: never a complete bag
+        if self.partial.exists():  # a killed run's leftovers: never a complete bag ...
+            replaced = self.partial / REPLACED
+            if replaced.exists() and not out.exists():  # ... but maybe the bag it replaced
+                replaced.rename(out)
             shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True)
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
@@ -202,12 +210,10 @@ class BagRecorder:
             self.node.destroy_subscription(sub)
         self.subscriptions.clear()
         self.writer.close()
-        if self.out.is_dir():
-            shutil.rmtree(self.out)
-        elif self.out.exists():
-            self.out.unlink()
+        if self.out.exists() or self.out.is_symlink():  # aside until the new one is in
+            self.out.rename(self.partial / REPLACED)
         (self.partial / self.out.name).rename(self.out)
-        self.partial.rmdir()
+        shutil.rmtree(self.partial)
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:

@@ -89,6 +89,9 @@ def test_onnxruntime_ids_from_the_graph_or_numpy_for_older_files(model, batch, t
     del graph.node[:]
     graph.node.extend(kept)
     del graph.output[1:]
+    kept_meta = [p for p in proto.metadata_props if p.key != 'weights_sha256']  # older too
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept_meta)
     older = tmp_path / 'older.onnx'
     onnx.save(proto, str(older))
     older_engine = create_engine(older, backend='onnxruntime', device='cpu')

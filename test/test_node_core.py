@@ -6,6 +6,7 @@ typestore (the same layouts rclpy and the DDS adapter hand to node_core).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -548,7 +549,7 @@ def test_worker_survives_a_failing_segmenter_and_reports_error():
     assert core.failed == 3
     assert len(errors) == 1 and 'RuntimeError: CUDA out of memory' in errors[0]
     status = core.diagnostics()
-    assert status['level'] == ERROR and dict(status['values'])['frames failed'] == '3'
+    assert status['level'] == WARN and dict(status['values'])['frames failed'] == '3'
 
 
 def gt_msg(ids: np.ndarray, hdr) -> Image:
@@ -674,7 +675,9 @@ def test_diagnostics_status_levels_and_messages():
     assert 'mIoU' not in dict(diagnostics_status(**common)['values'])  # GT off: no IoU row
     assert diagnostics_status(**common, new_bad=2)['level'] == WARN
     assert diagnostics_status(**common, new_frames=0)['level'] == WARN
-    assert diagnostics_status(**common, new_failed=1)['level'] == ERROR
+    assert diagnostics_status(**common, new_failed=1)['level'] == WARN
+    assert diagnostics_status(**common, new_failed=1, failing_reports=2)['level'] == ERROR
+    assert diagnostics_status(**common, fatal='the inference thread died')['level'] == ERROR
     idle = diagnostics_status(**common, skipped=7, new_frames=3, new_skipped=3)
     assert idle['level'] == OK
     assert idle['message'] == 'idle: no subscriber on any output (3 frame(s) not processed)'
@@ -691,7 +694,7 @@ def tiny_model(tmp_path_factory) -> Path:
     pytest.importorskip('onnxruntime')
     from onnx import TensorProto, helper, numpy_helper
 
-    from semseg_ros.model_file import metadata_dict
+    from semseg_ros.model_file import WEIGHTS_DIGEST_KEY, metadata_dict
     from semseg_ros.pipeline import InputSpec
 
     num_classes, (width, height) = LYFT13.num_classes, (16, 12)
@@ -711,6 +714,8 @@ def tiny_model(tmp_path_factory) -> Path:
     model.ir_version = 8
     for key, value in metadata_dict(LYFT13, InputSpec((width, height))).items():
         model.metadata_props.add(key=key, value=value)
+    digest = hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+    model.metadata_props.add(key=WEIGHTS_DIGEST_KEY, value=digest)  # as an export records
     onnx.checker.check_model(model)
     path = tmp_path_factory.mktemp('model') / 'tiny.onnx'
     onnx.save(model, path)

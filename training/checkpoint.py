@@ -11,7 +11,6 @@ the run.  Only plain containers, numbers, strings and tensors are stored, so
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from semseg_ros.labels import ClassSet, ClassSetError, class_set_from_dict
 from semseg_ros.model_file import ModelInfo
 from semseg_ros.pipeline import InputSpec, Normalization
+from semseg_ros.staged_output import remove_stale_temporaries, temporary_for
 from training.model import UNet, UNetConfig, build_model
 
 #: Bumped when the stored layout changes incompatibly.
@@ -110,13 +110,15 @@ class Checkpoint:
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     """Write ``checkpoint`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
 
-    A run killed at any moment leaves either the previous file or the new one, never half.
+    A run killed at any moment leaves either the previous file or the new one, never half;
+    the temporary it may leave is removed by the next save to the same path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    remove_stale_temporaries(path)  # what killed runs left: one per kill, never growing
+    tmp_name = temporary_for(path)  # .NAME.tmp-<pid>
     try:
-        with os.fdopen(fd, 'wb') as tmp:
+        with open(tmp_name, 'wb') as tmp:
             torch.save(asdict(checkpoint), tmp)
             tmp.flush()
             os.fsync(tmp.fileno())

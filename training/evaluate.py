@@ -47,7 +47,7 @@ from semseg_ros.metrics import (
     lyft_class_ids,
     lyft_score,
 )
-from semseg_ros.model_file import ModelFileError
+from semseg_ros.model_file import ModelFileError, unverified_warning
 from semseg_ros.segmenter import Segmenter
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from training.data.lyft import (
@@ -263,6 +263,9 @@ def load_segmenter(
         segmenter = Segmenter.from_model(target, backend=backend, device=device)
     except (EngineError, ModelFileError, ValueError) as err:
         raise EvaluationError(str(err)) from err
+    warning = unverified_warning(segmenter.model_info)
+    if warning:
+        print(f'warning: {warning}', file=sys.stderr)
     recorded = segmenter.model_info.provenance.get('checkpoint')
     if recorded and Path(recorded).is_file():
         return segmenter, load_checkpoint(recorded), str(recorded)

@@ -32,6 +32,7 @@ or ``python -m training.export ...``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -51,6 +52,7 @@ from semseg_ros.labels import ClassSet
 from semseg_ros.model_file import (
     CONFIDENCE_OUTPUT_NAME,
     IDS_OUTPUT_NAME,
+    WEIGHTS_DIGEST_KEY,
     ModelFileError,
     ModelInfo,
     file_sha256,
@@ -58,6 +60,7 @@ from semseg_ros.model_file import (
     read_model_info,
 )
 from semseg_ros.pipeline import InputSpec, prepare
+from semseg_ros.staged_output import remove_stale_temporaries, temporary_for
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 DEFAULT_OPSET = 17
@@ -270,10 +273,16 @@ def pad_inputs(onnx_path: str | Path) -> list[dict[str, Any]]:
     return found
 
 
+def graph_digest(model_proto: Any) -> str:
+    """sha256 of the serialized graph (every node and weight): the ``weights_sha256`` key."""
+    return hashlib.sha256(model_proto.graph.SerializeToString()).hexdigest()
+
+
 def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: str) -> None:
     import onnx
 
     del model_proto.metadata_props[:]
+    meta = {**meta, WEIGHTS_DIGEST_KEY: graph_digest(model_proto)}  # checked at every load
     for key, value in meta.items():
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -281,9 +290,13 @@ def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: 
     model_proto.producer_version = __version__
     model_proto.doc_string = doc
     onnx.checker.check_model(model_proto, full_check=True)
-    tmp = out.with_name(out.name + '.tmp')
-    onnx.save(model_proto, str(tmp))
-    tmp.replace(out)  # atomic: a node never loads half a model
+    remove_stale_temporaries(out)  # what killed exports left
+    tmp = temporary_for(out)  # .NAME.tmp-<pid>
+    try:
+        onnx.save(model_proto, str(tmp))
+        tmp.replace(out)  # atomic: a node never loads half a model
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_onnx(
@@ -310,7 +323,8 @@ def export_onnx(
     example = torch.zeros(1, 3, height, width)
     dynamic = {0: 'batch', 2: 'height', 3: 'width'}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + '.export.tmp')
+    remove_stale_temporaries(out.with_name(out.name + '.export'))
+    tmp = temporary_for(out.with_name(out.name + '.export'))
     with warnings.catch_warnings():
         # The legacy exporter is deliberate (see the module docstring); its notice is noise.
         warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
@@ -693,7 +707,35 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument('--fp32-engine', action='store_true', help='TensorRT engine in FP32')
     parser.add_argument('--rebuild', action='store_true', help='rebuild a cached engine')
     parser.add_argument('--json', type=Path, help='write the export report as JSON here')
+    parser.add_argument(
+        '--add-digest',
+        type=Path,
+        metavar='MODEL.onnx',
+        help='record the weights digest in an older export that lacks it (only a file you '
+        'trust: the digest certifies the weights as they are now), then exit',
+    )
     return parser
+
+
+def add_digest(path: Path) -> bool:
+    """Add ``weights_sha256`` to an export without it (atomically); False if it had one.
+
+    Only the metadata changes: the graph bytes, and so the weights, stay as they are.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if WEIGHTS_DIGEST_KEY in meta:
+        read_model_info(path)  # checks it
+        return False
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = WEIGHTS_DIGEST_KEY, graph_digest(proto)
+    tmp = path.with_name(f'.{path.name}.digest-tmp')
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+    read_model_info(path)  # the digest reads back and matches
+    return True
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -702,6 +744,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(parser, argv)
     if isinstance(args, int):  # --help (0) or a usage error (2)
         return args
+    if args.add_digest is not None:
+        try:
+            added = add_digest(args.add_digest)
+        except (OSError, ModelFileError) as err:
+            print(f'{parser.prog}: error: {err}', file=sys.stderr)
+            return 1
+        print(f'{args.add_digest}: ' + ('weights digest added' if added else 'has a digest'))
+        return 0
     if args.checkpoint is None and args.onnx is None:
         msg = 'pass --checkpoint (or --onnx with --tensorrt / --openvino-int8)'
         print(f'{parser.prog}: error: {msg}', file=sys.stderr)

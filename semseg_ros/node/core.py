@@ -25,10 +25,11 @@ status) and :mod:`semseg_ros.ground_truth` (matching and online IoU).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from semseg_ros.imaging import (
     array_to_image_fields,
     frame_to_rgb,
     from_rgb,
+    mislabelled_padding,
 )
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from semseg_ros.node.diagnostics import diagnostics_status
@@ -298,6 +300,45 @@ class FrameProcessor:
         return array_to_image_fields(from_rgb(rgb, encoding), encoding)
 
 
+def checked_stamp(header: Any) -> tuple[int, int]:
+    """``(sec, nanosec)`` of a message's header; ImageFormatError('header') if it has none.
+
+    rclpy's setters keep a received header well-typed; a duck-typed message (a bag reader, a
+    test) may carry anything, and that must drop the frame, not the worker.
+    """
+    try:
+        return stamp_of(header)
+    except (AttributeError, TypeError, ValueError, OverflowError) as err:
+        stamp = getattr(header, 'stamp', header)
+        text = repr(stamp)
+        text = text if len(text) <= 60 else f'{text[:57]}...'
+        message = (
+            f'header.stamp must hold integer sec and nanosec, got {text} ({err}): fill the '
+            'header from the clock (builtin_interfaces/msg/Time)'
+        )
+        raise ImageFormatError('header', message) from err
+
+
+class SequenceGaps:
+    """Frames skipped in each publisher's sequence numbers, for a bounded set of publishers."""
+
+    def __init__(self, max_publishers: int = 64) -> None:
+        self._last: OrderedDict[Any, int] = OrderedDict()
+        self._max = max_publishers
+        self.missing = 0
+
+    def see(self, publisher: Any, sequence: int) -> None:
+        key = repr(publisher)
+        last = self._last.get(key)
+        if last is not None and sequence > last + 1:
+            self.missing += sequence - last - 1
+        if last is None or sequence > last:
+            self._last[key] = sequence
+            self._last.move_to_end(key)
+            while len(self._last) > self._max:
+                self._last.popitem(last=False)
+
+
 # --- The node minus ROS ----------------------------------------------------------------------
 
 
@@ -318,6 +359,14 @@ def load_segmenter(params: NodeParams) -> Any:
         msg = f'cannot load model_path {str(path)!r} (backend {params.backend}): {err}'
         raise NodeStartupError(msg) from err
     return segmenter
+
+
+def model_warning(segmenter: Any) -> str | None:
+    """The one load-time warning about the model: its weights cannot be checked."""
+    from semseg_ros.model_file import ModelInfo, unverified_warning
+
+    info = getattr(segmenter, 'model_info', None)
+    return unverified_warning(info) if isinstance(info, ModelInfo) else None
 
 
 def _describe_model(segmenter: Any, params: NodeParams) -> str:
@@ -349,6 +398,9 @@ class NodeCore:
         self.params = params
         self._log_error = log_error or log_warning
         self.failed = 0  # frames whose processing raised something unexpected (a bug)
+        self._failing_reports = 0  # diagnostics reports in a row with failed frames
+        #: Set when the worker thread died (see :class:`FrameWorker`): the node must go down.
+        self.worker_error: BaseException | None = None
         self._failures_logged: set[str] = set()
         self.segmenter = segmenter
         self.processor = FrameProcessor(
@@ -367,15 +419,20 @@ class NodeCore:
         self.bad_input = WarnOncePerKind(log_warning, prefix=f'{INPUT_TOPIC}: ')
         self.bad_ground_truth = WarnOncePerKind(log_warning, prefix=f'{GROUND_TRUTH_TOPIC}: ')
         self.skipped = 0  # frames taken while no output had a subscriber (maybe still scored)
+        self.suspect = 0  # processed frames whose padding looks like another encoding's rows
+        self._log_warning = log_warning
         self.published = 0  # frames whose outputs were published
         self.lost_in_transport = 0  # image frames DDS reported lost (rclpy's message_lost)
+        self._sequence_gaps = SequenceGaps()
         self.gt_lost_in_transport = 0
         self._finished = 0  # frames taken from the slot whose handling ended, however
         #: Frames the simulator stamped that never arrived (None: sim_tick_s 0, not counted).
         self.sim_gaps = SimTimeGaps(params.sim_tick_s) if params.sim_tick_s > 0 else None
         self._now_ns = now_ns
         self._clock = clock
-        self._last_report = {'bad': 0, 'received': 0, 'failed': 0, 'skipped': 0, 'lost': 0}
+        self._last_report = {
+            'bad': 0, 'received': 0, 'failed': 0, 'skipped': 0, 'lost': 0, 'suspect': 0,
+        }  # fmt: skip
         self.matcher: GroundTruthMatcher[Any] | None = None
         self.iou: OnlineIoU | None = None
         self._evaluations: deque[tuple[np.ndarray, Any]] = deque(maxlen=4)
@@ -405,9 +462,13 @@ class NodeCore:
                 params = NodeParams.from_mapping(params)
         except ParamError as err:
             raise NodeStartupError(f'invalid parameter: {err}') from err
+        segmenter = load_segmenter(params)
+        warning = model_warning(segmenter)
+        if warning:
+            log_warning(warning)
         return cls(
             params,
-            load_segmenter(params),
+            segmenter,
             log_warning=log_warning,
             log_error=log_error,
             now_ns=now_ns,
@@ -415,11 +476,24 @@ class NodeCore:
 
     # Subscription callbacks: cheap, never wait on inference.
 
-    def on_image(self, msg: Any) -> None:
-        """Image callback body: newest frame into the slot (a stale one is dropped)."""
+    def on_image(self, msg: Any, *, publisher: Any = None, sequence: int | None = None) -> None:
+        """Image callback body: newest frame into the slot (a stale one is dropped).
+
+        ``publisher`` and ``sequence`` (rclpy's MessageInfo: the publisher's gid and its
+        publication sequence number), when the middleware gives them, reveal frames that
+        never reached this callback although DDS reported no loss: a reliable reader whose
+        KEEP_LAST history overwrote samples while the executor was busy.
+        """
         self.input_rate.tick()
         self._observe_sim_time(msg)
+        if sequence:
+            self._sequence_gaps.see(publisher, int(sequence))
         self.slot.put(ReceivedFrame.from_msg(msg, received=self._clock()))
+
+    @property
+    def overwritten(self) -> int:
+        """Frames missing from the publishers' sequences beyond those DDS reported lost."""
+        return max(0, self._sequence_gaps.missing - self.lost_in_transport)
 
     def on_compressed_image(self, msg: Any) -> None:
         """CompressedImage callback body: as :meth:`on_image`; decoded on the worker."""
@@ -449,7 +523,12 @@ class NodeCore:
         """Ground-truth callback body: keep the raw message by stamp (decoded if matched)."""
         if self.matcher is None:
             return
-        pair = self.matcher.add_ground_truth(stamp_of(msg.header), msg)
+        try:
+            stamp = checked_stamp(msg.header)
+        except ImageFormatError as err:
+            self.bad_ground_truth(err)
+            return
+        pair = self.matcher.add_ground_truth(stamp, msg)
         if pair is not None:
             self._evaluations.append(pair)  # scored on the worker thread, not here
 
@@ -484,22 +563,31 @@ class NodeCore:
             if self.matcher is None:
                 return None  # and nothing to score: no inference at all
         try:
+            stamp = checked_stamp(frame.header)
             result = self.processor.process(frame.image, frame.header, wanted)
         except ImageFormatError as err:
             if not wanted.any():
                 self.skipped -= 1  # counted as bad instead: each frame in one column
             self.bad_input(err)
             return None
+        # Row padding only exists in raw images (a compressed frame has no step to misread).
+        suspect = (
+            None if isinstance(frame.image, CompressedFields) else mislabelled_padding(frame.image)
+        )
+        if suspect:
+            self.suspect += 1
+            if self.suspect == 1:
+                self._log_warning(f'{INPUT_TOPIC}: {suspect}; further such frames are counted')
         if wanted.any():
             publish(result)
             self.published += 1
             self.output_rate.tick()
-            self.latency.add((self._now_ns() - stamp_to_ns(stamp_of(frame.header))) / 1e9)
+            self.latency.add((self._now_ns() - stamp_to_ns(stamp)) / 1e9)
         self.processing.add(result.processing_s)
         if self.matcher is not None:
             if result.rgb is not None:
-                self._keep_for_error(stamp_of(frame.header), result.rgb, frame.header)
-            pair = self.matcher.add_prediction(stamp_of(frame.header), result.ids)
+                self._keep_for_error(stamp, result.rgb, frame.header)
+            pair = self.matcher.add_prediction(stamp, result.ids)
             if pair is not None:
                 self._score(*pair)
         return result
@@ -541,8 +629,10 @@ class NodeCore:
         """Loop :meth:`step` until :meth:`stop` (the body of the worker thread).
 
         An unexpected exception drops its frame, is logged (with traceback) once per type
-        and counted, and turns /diagnostics to ERROR: the node stays up and says so, rather
-        than a dead thread behind a live node.
+        and counted as failed, and turns /diagnostics to WARN (ERROR while it keeps failing,
+        OK once frames go through again): the node stays up and says so. Anything that ends
+        this loop otherwise (a BaseException, a failure of the handler itself) ends the
+        thread: :class:`FrameWorker` records it and the adapter takes the node down.
         """
         while not self.slot.closed:
             try:
@@ -577,12 +667,19 @@ class NodeCore:
         new_failed = self.failed - self._last_report['failed']
         new_skipped = self.skipped - self._last_report['skipped']
         new_lost = self.lost_in_transport - self._last_report['lost']
+        new_suspect = self.suspect - self._last_report['suspect']
+        self._failing_reports = self._failing_reports + 1 if new_failed else 0
+        fatal = None
+        if self.worker_error is not None:
+            err = self.worker_error
+            fatal = f'the inference thread died ({type(err).__name__}: {err}); the node stops'
         self._last_report = {
             'bad': bad_total,
             'received': received,
             'failed': self.failed,
             'skipped': self.skipped,
             'lost': self.lost_in_transport,
+            'suspect': self.suspect,
         }
         miou = None
         per_class = None
@@ -607,6 +704,7 @@ class NodeCore:
             processing=self.processing,
             received=received,
             lost_in_transport=self.lost_in_transport,
+            overwritten=self.overwritten,
             published=self.published,
             pending=self.pending,
             dropped_stale=self.slot.dropped,
@@ -618,6 +716,10 @@ class NodeCore:
             new_skipped=new_skipped,
             new_bad=new_bad,
             new_failed=new_failed,
+            failing_reports=self._failing_reports,
+            suspect=self.suspect,
+            new_suspect=new_suspect,
+            fatal=fatal,
             backend=str(getattr(self.segmenter, 'backend_name', '?')),
             model=_describe_model(self.segmenter, self.params),
             class_set=self.processor.palette.name,
@@ -647,7 +749,18 @@ class FrameWorker(threading.Thread):
         self._publish = publish
 
     def run(self) -> None:
-        self.core.run(self._outputs, self._publish)
+        try:
+            self.core.run(self._outputs, self._publish)
+        except BaseException as err:  # the thread ends: say why, for the adapter to exit on
+            self.core.worker_error = err
+            trace = ''.join(traceback.format_exception(err))
+            with contextlib.suppress(BaseException):  # the adapter still sees worker_error
+                self.core._log_error(f'the inference thread died: {err!r}\n{trace}')
+
+    @property
+    def died(self) -> bool:
+        """True when the thread ended by an error rather than by :meth:`stop`."""
+        return self.core.worker_error is not None
 
     def stop(self, timeout: float | None = 1.5) -> None:
         """Let the frame in flight finish (bounded: the node must exit within 2 s)."""

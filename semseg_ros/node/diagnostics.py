@@ -27,6 +27,7 @@ def diagnostics_status(
     received: int,
     dropped_stale: int,
     lost_in_transport: int = 0,
+    overwritten: int = 0,
     published: int | None = None,
     pending: int = 0,
     dropped_bad: Mapping[str, int],
@@ -40,6 +41,10 @@ def diagnostics_status(
     new_failed: int = 0,
     new_skipped: int = 0,
     new_lost: int = 0,
+    failing_reports: int | None = None,
+    suspect: int = 0,
+    new_suspect: int = 0,
+    fatal: str | None = None,
     hardware_id: str = '',
     miou: float | None = None,
     per_class_iou: Mapping[str, float] | None = None,
@@ -50,26 +55,33 @@ def diagnostics_status(
 
     Returns ``{'level': int, 'name', 'message', 'hardware_id', 'values': [(key, value)]}``,
     every value a string. ``never_received``: frames the simulator stamped that never reached
-    the node (sim-time gaps; None: not counted). The level is ERROR when frames failed (a
-    bug: see the log) since the last report, WARN when no frame arrived since the last report or
-    malformed frames were dropped since then, else OK (saying so when every frame since the
-    last report was skipped because no output had a subscriber). The adapter converts it to
-    its own
-    message type (rclpy's ``level`` is ``bytes([level])``; rosbags' an int).
+    the node (sim-time gaps; None: not counted). The level is ERROR when ``fatal`` says the
+    node is going down (its inference thread died) or frames keep failing
+    (``failing_reports``: reports in a row, this one included, with failed frames; 2 or more),
+    WARN when frames failed since the last
+    report only, when frames were lost in transport, when no frame arrived or malformed
+    frames were dropped since the last report, else OK (saying so when every frame since the
+    last report was skipped because no output had a subscriber): a node whose engine fails
+    for a moment goes WARN, ERROR if it keeps failing, and OK once frames go through again.
+    The adapter converts it to its own message type (rclpy's ``level`` is
+    ``bytes([level])``; rosbags' an int).
     """
     values: list[tuple[str, str]] = [
         ('input rate (Hz)', f'{input_rate:.2f}'),
         ('output rate (Hz)', f'{output_rate:.2f}'),
         ('latency stamp to publish p50 (ms)', _ms(latency.p50)),
         ('latency stamp to publish p99 (ms)', _ms(latency.p99)),
+        ('latency stamp to publish max (ms)', _ms(latency.max)),  # since the start
         ('processing p50 (ms)', _ms(processing.p50)),
         ('processing p99 (ms)', _ms(processing.p99)),
+        ('processing max (ms)', _ms(processing.max)),
         ('frames lost in transport', str(lost_in_transport)),
         *(
             [('frames never received (sim-time gaps)', str(never_received))]
             if never_received is not None
             else []
         ),
+        ('frames overwritten before the callback', str(overwritten)),
         ('frames received', str(received)),
         *([('frames published', str(published))] if published is not None else []),
         ('frames pending', str(pending)),
@@ -78,6 +90,7 @@ def diagnostics_status(
         ('frames skipped (no subscriber)', str(skipped)),
         ('frames dropped (bad input)', str(sum(dropped_bad.values()))),
         *((f'frames dropped ({kind})', str(n)) for kind, n in sorted(dropped_bad.items())),
+        ('frames suspect (padding fits another encoding)', str(suspect)),
         ('backend', backend),
         ('model', model),
         ('class set', class_set),
@@ -92,8 +105,18 @@ def diagnostics_status(
             ('mIoU', 'n/a' if miou is None or math.isnan(miou) else f'{miou:.4f}'),
         ]
         values += [(f'IoU {cls}', f'{v:.4f}') for cls, v in (per_class_iou or {}).items()]
-    if new_failed:
-        level, message = ERROR, f'{new_failed} frame(s) failed since the last report: see log'
+    if failing_reports is None:
+        failing_reports = int(new_failed > 0)
+    if fatal:
+        level, message = ERROR, fatal
+    elif new_failed and failing_reports >= 2:
+        level = ERROR
+        message = (
+            f'frames keep failing: {new_failed} since the last report, failures in '
+            f'{failing_reports} reports in a row: see log'
+        )
+    elif new_failed:
+        level, message = WARN, f'{new_failed} frame(s) failed since the last report: see log'
     elif new_lost:
         level = WARN
         message = (
@@ -104,6 +127,12 @@ def diagnostics_status(
         level, message = WARN, f'no images on {INPUT_TOPIC!r} since the last report'
     elif new_bad:
         level, message = WARN, f'{new_bad} malformed frame(s) dropped since the last report'
+    elif new_suspect:
+        level = WARN
+        message = (
+            f'{new_suspect} frame(s) whose row padding looks like another encoding: is the '
+            'encoding label right? see log'
+        )
     elif new_skipped == new_frames:
         level = OK
         message = f'idle: no subscriber on any output ({new_skipped} frame(s) not processed)'

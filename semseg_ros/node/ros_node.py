@@ -233,8 +233,13 @@ class SemsegNode(Node):
             f'{display.color_encoding}, highlight_classes {display.highlight_names() or "none"}'
         )
 
-    def image_callback(self, msg: Image) -> None:
-        self.core.on_image(msg)
+    def image_callback(self, msg: Image, info: Any) -> None:
+        # The MessageInfo's sequence numbers count frames DDS dropped without a loss event.
+        self.core.on_image(
+            msg,
+            publisher=info.get('publisher_gid'),
+            sequence=info.get('publication_sequence_number'),
+        )
 
     def compressed_image_callback(self, msg: CompressedImage) -> None:
         self.core.on_compressed_image(msg)
@@ -297,7 +302,9 @@ def run(
     /diagnostics. The executor wakes every ``STOP_POLL_S`` to look at the request.
 
     A start-up failure is one FATAL line naming the parameter or file and the fix, no
-    traceback: the cause is the user's input, not a bug.
+    traceback: the cause is the user's input, not a bug. If the inference thread dies, the
+    node publishes a last ERROR /diagnostics saying so, logs one FATAL line and returns 1:
+    never a live node with a dead worker.
     """
     use_fastdds_profile()  # before rclpy.init creates the participant; the user's file wins
     if stop_requested():
@@ -310,7 +317,16 @@ def run(
         executor.add_node(node)
         while not stop_requested() and rclpy.ok():
             executor.spin_once(timeout_sec=STOP_POLL_S)
+            if node.worker is not None and node.worker.died:
+                break
         node.finish()
+        if node.worker is not None and node.worker.died:
+            err = node.core.worker_error
+            get_logger(NODE_NAME).fatal(
+                f'the inference thread died ({type(err).__name__}: {err}); stopping the node '
+                '(see the error above), so a supervisor (launch respawn, systemd) can restart it'
+            )
+            return 1
     except (NodeStartupError, ParameterException) as err:
         if not stop_requested():  # else a stop came during the start: a clean exit
             get_logger(NODE_NAME).fatal(f'cannot start: {err}')

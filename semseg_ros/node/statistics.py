@@ -72,12 +72,15 @@ class LatencyStats:
         self._stamps: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
         self.count = 0
+        self.max = float('nan')  # the largest sample ever added, not only in the window
 
     def add(self, seconds: float, *, stamp: float | None = None) -> None:
         with self._lock:
             self._samples.append(float(seconds))
             self._stamps.append(time.monotonic() if stamp is None else stamp)
             self.count += 1
+            if not seconds <= self.max:  # NaN before the first sample
+                self.max = float(seconds)
 
     def __len__(self) -> int:
         with self._lock:

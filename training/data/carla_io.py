@@ -29,6 +29,7 @@ import numpy as np
 
 from semseg_ros.dataset_layout import DATASET_INFO, IMAGE_DIR, LABEL_DIR, write_pair
 from semseg_ros.labels import get_class_set
+from semseg_ros.staged_output import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class DatasetWriter:
         }
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / DATASET_INFO
-        path.write_text(json.dumps(info, indent=2) + '\n')
+        atomic_write_bytes(path, (json.dumps(info, indent=2) + '\n').encode())  # whole or none
         return path
 
     def _episode(self) -> dict[str, Any]:

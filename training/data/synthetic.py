@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import multiprocessing
-import shutil
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ from semseg_ros.dataset_layout import (
     write_pair,
 )
 from semseg_ros.labels import LYFT13
+from semseg_ros.staged_output import StagedEntries, recover
 
 GENERATOR_VERSION = 1
 
@@ -1763,18 +1763,37 @@ def generate_dataset(
         raise SynthError(
             f'sequence folder name {sequence_name!r} must be a plain name other than dataA..dataE'
         )
+    # Written beside OUT and swapped in when complete (the old dataset stays until then);
+    # what a killed run left is cleaned (or the dataset it replaced put back) first.
+    staged = StagedEntries(out, (*EPISODES, sequence_name, DATASET_INFO))
+    recover(out.parent, out.name, out, staged.entries)
     if out.exists() and not out.is_dir():
         raise SynthError(f'output path {out} exists and is not a directory; choose another --out')
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise SynthError(
-                f'output directory {out} exists and is not empty; pass --overwrite to replace '
-                'its dataset, or choose another --out'
-            )
-        for name in (*EPISODES, sequence_name):
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-        (out / DATASET_INFO).unlink(missing_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SynthError(
+            f'output directory {out} exists and is not empty; pass --overwrite to replace '
+            'its dataset, or choose another --out'
+        )
+    final, out = out, staged.open()
+    try:
+        _generate(out, frames, seed, mode, cfg, workers, progress, sequence_name)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    return final
+
+
+def _generate(
+    out: Path,
+    frames: int,
+    seed: int,
+    mode: str,
+    cfg: SynthConfig,
+    workers: int,
+    progress: bool,
+    sequence_name: str,
+) -> None:
     folders = [sequence_name] if mode == 'sequence' else list(EPISODES)
     for folder in folders:
         for sub in (IMAGE_DIR, LABEL_DIR):
@@ -1832,7 +1851,6 @@ def generate_dataset(
     else:
         info['sequence'] = {'folder': sequence_name, 'fps': cfg.fps, 'speed_mps': cfg.speed_mps}
     (out / DATASET_INFO).write_text(json.dumps(info, indent=2) + '\n')
-    return out
 
 
 def benchmark(

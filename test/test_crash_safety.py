@@ -1,0 +1,264 @@
+"""Crash safety of the writers: SIGKILL at random moments, then look at what is on disk.
+
+The final output is either absent or complete and openable, never half a file under its final
+name; what a kill leaves is hidden, bounded, and cleaned by the next run; finished outputs hold
+only their final names; ``--overwrite`` keeps the old output until the new one is complete.
+
+The swap itself is checked exhaustively in-process (a "kill" at every step of
+:meth:`StagedEntries.commit`); the tools are killed as processes a few times at a small size.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from semseg_ros.staged_output import (
+    StagedEntries,
+    atomic_write_bytes,
+    recover,
+    remove_stale_temporaries,
+    temporary_for,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = int(os.environ.get('SEMSEG_KILL_SEED', '14'))
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (what a SIGKILLed writer's pid is)."""
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    proc.wait()
+    return proc.pid
+
+
+def as_killed(staged: StagedEntries, pid: int) -> None:
+    """Make ``staged``'s folder look like one a process ``pid`` left when it was killed."""
+    if staged.root.exists():
+        staged.root.rename(staged.root.with_name(staged.root.name.rsplit('-', 1)[0] + f'-{pid}'))
+
+
+class Killed(BaseException):
+    pass
+
+
+def write_tree(folder: Path, text: str, names=('a', 'b')) -> None:
+    for name in names:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / 'data.txt').write_text(text)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob('*')) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize('whole', [True, False], ids=['folder', 'entries'])
+def test_a_kill_at_any_step_of_the_swap_leaves_old_or_new_never_a_mix(
+    tmp_path, monkeypatch, whole
+):
+    target = tmp_path / 'out'
+    pid = dead_pid()
+    calls = {'n': 0, 'kill_at': -1}
+    real_rename, real_write = Path.rename, Path.write_text
+
+    def counting(real):
+        def wrapped(self, *args, **kwargs):
+            calls['n'] += 1
+            if calls['n'] == calls['kill_at']:
+                raise Killed
+            return real(self, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(Path, 'rename', counting(real_rename))
+    monkeypatch.setattr(Path, 'write_text', counting(real_write))
+    outcomes = set()
+    for kill_at in range(1, 12):
+        for leftover in tmp_path.iterdir():
+            shutil.rmtree(leftover)
+        calls['kill_at'] = -1
+        write_tree(target / 'out' if whole else target, 'old', ('a', 'b', 'c'))
+        old = tree(tmp_path)
+        staged = StagedEntries.for_folder(target / 'out') if whole else (
+            StagedEntries(target, ['a', 'b', 'c']))  # fmt: skip
+        write_tree(staged.open(), 'new', ('a', 'b'))
+        calls['n'], calls['kill_at'] = 0, kill_at
+        try:
+            staged.commit()
+            outcome = 'completed'
+        except Killed:
+            outcome = 'killed'
+        calls['kill_at'] = -1
+        as_killed(staged, pid)
+        parent = target if whole else target.parent
+        name = 'out'
+        recover(parent, name, target, ['out'] if whole else ['a', 'b', 'c'])
+        after = tree(tmp_path)
+        assert not list(tmp_path.rglob('.*partial*')), kill_at  # nothing left behind
+        expected_new = {k: 'new' for k in old if not k.endswith(('c/data.txt',))}
+        assert after in (old, expected_new), (kill_at, outcome, after)
+        outcomes.add((outcome, 'old' if after == old else 'new'))
+    assert ('killed', 'old') in outcomes and ('completed', 'new') in outcomes
+
+
+def test_atomic_files_and_their_stale_temporaries(tmp_path):
+    path = tmp_path / 'model.onnx'
+    atomic_write_bytes(path, b'first')
+    stale = temporary_for(path).with_name(f'.model.onnx.tmp-{dead_pid()}')
+    stale.write_bytes(b'half')
+    mine = temporary_for(path)
+    mine.write_bytes(b'in progress')  # this process is alive: kept
+    assert remove_stale_temporaries(path) == [stale]
+    assert mine.exists() and path.read_bytes() == b'first'
+
+
+# --- the tools as processes -----------------------------------------------------------------
+
+
+def kill_after(args: list[str], delay: float, env: dict[str, str]) -> int | None:
+    """Start ``args``, SIGKILL it after ``delay`` s; its exit code if it finished first."""
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        proc.wait(delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return None
+    return proc.returncode
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith('.'))
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get(
+        'PYTHONPATH', '')])}  # fmt: skip
+
+
+def counts(bag: dict[str, list]) -> dict[str, int]:
+    return {topic: len(messages) for topic, messages in bag.items()}
+
+
+@pytest.mark.slow
+def test_semseg_bag_killed_at_random_moments(tmp_path, env):
+    from ros_graph import read_bag
+    from test_bag import export_tiny_model, write_input_bag
+
+    model = export_tiny_model(tmp_path)
+    bag_in = tmp_path / 'in'
+    write_input_bag(bag_in, frames=150, size=(320, 240))
+    out = tmp_path / 'out'
+    command = [sys.executable, '-m', 'semseg_ros.cli', 'bag', str(bag_in), str(out),
+               '--model', str(model), '--no-progress']  # fmt: skip
+    rng = random.Random(SEED)
+    start = time.monotonic()
+    done = subprocess.run([*command, '--overwrite'], cwd=REPO, env=env, capture_output=True)
+    seconds = time.monotonic() - start  # kills land in the run, whatever the machine's load
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ['metadata.yaml', 'out.mcap'], names  # final names only
+    assert 'out.mcap' in (out / 'metadata.yaml').read_text()
+    complete = read_bag(out)
+    kills = 0
+    for _ in range(3):  # a fresh OUT, killed somewhere between the start and the end
+        shutil.rmtree(out, ignore_errors=True)
+        kills += kill_after(command, rng.uniform(0.4, 1.0) * seconds, env) is None
+        assert not out.exists() or counts(read_bag(out)) == counts(complete), 'a half bag'
+        assert len(hidden(tmp_path)) <= 1, hidden(tmp_path)  # bounded: each run cleans
+    assert subprocess.run([*command, '--overwrite'], cwd=REPO, env=env,
+                          capture_output=True).returncode == 0  # fmt: skip
+    assert hidden(tmp_path) == []  # the rerun cleaned what the kills left
+    for _ in range(2):  # --overwrite killed: the old bag, or the new complete one
+        kills += (
+            kill_after([*command, '--overwrite'], rng.uniform(0.4, 1.0) * seconds, env) is None
+        )
+        assert out.exists(), 'the old output was lost before the new one was complete'
+        assert counts(read_bag(out)) == counts(complete)
+        assert len(hidden(tmp_path)) <= 1
+    assert kills >= 3
+    print(f'semseg bag: {kills} of 5 runs killed ({seconds:.1f} s a run); never half, old kept')
+
+
+@pytest.mark.slow
+def test_semseg_data_synth_killed_at_random_moments(tmp_path, env):
+    out = tmp_path / 'data'
+    command = [sys.executable, '-m', 'training.data.synthetic', '--out', str(out),
+               '--frames', '30', '--no-progress']  # fmt: skip
+    rng = random.Random(SEED)
+    for _ in range(2):
+        kill_after(command, rng.uniform(0.5, 3.0), env)
+        assert not out.exists() or not any(out.iterdir()) or (out / 'dataset.json').is_file()
+        assert len(hidden(tmp_path)) <= 1, hidden(tmp_path)
+    done = subprocess.run([*command, '--overwrite'], cwd=REPO, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert hidden(tmp_path) == []
+    pngs = sorted(out.rglob('*.png'))
+    assert len(pngs) == 60 and not list(out.rglob('.*'))
+    kill_after([*command, '--overwrite', '--seed', '1'], rng.uniform(0.5, 3.0), env)
+    assert (out / 'dataset.json').is_file() and len(sorted(out.rglob('*.png'))) == 60
+
+
+CHECKPOINT_LOOP = r"""
+import sys
+from semseg_ros.labels import LYFT13
+from semseg_ros.pipeline import Normalization
+from training.checkpoint import Checkpoint, save_checkpoint
+from training.model import UNetConfig, build_model
+config = UNetConfig(num_classes=13, base_channels=8, depth=3)
+ck = Checkpoint(model_config=config.to_dict(), class_set=LYFT13.to_dict(),
+                normalization=Normalization().to_dict(), input_size=[64, 48],
+                model_state=build_model(config).state_dict())
+print('ready', flush=True)
+while True:
+    save_checkpoint(ck, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_checkpoints_killed_while_saving(tmp_path, env):
+    from training.checkpoint import load_checkpoint
+
+    path = tmp_path / 'best.pt'
+    rng = random.Random(SEED)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, '-c', CHECKPOINT_LOOP, str(path)], cwd=REPO,
+                                env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stdout.readline().strip() == 'ready'
+        time.sleep(rng.uniform(0.05, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if path.exists():
+            load_checkpoint(path)  # complete and openable
+        assert len(hidden(tmp_path)) <= 1, hidden(tmp_path)
+    assert path.exists()
+
+
+def test_semseg_record_gets_the_replaced_bag_back_after_a_kill_mid_swap(tmp_path):
+    """A recorder killed between moving the old bag aside and moving the new one in: the
+    next recorder for the same --out puts the old bag back before it starts."""
+    pytest.importorskip('rclpy')
+    from semseg_ros import record
+
+    out = tmp_path / 'bag'
+    partial = record.partial_path(out)
+    (partial / record.REPLACED).mkdir(parents=True)
+    (partial / record.REPLACED / 'metadata.yaml').write_text('the old bag')
+    (partial / 'bag').mkdir()  # the new, complete one, never moved in
+    recorder = record.BagRecorder(object(), out, [])
+    assert (out / 'metadata.yaml').read_text() == 'the old bag'  # back before anything else
+    recorder.close()  # an empty recording replaces it, whole
+    assert sorted(p.name for p in out.iterdir()) == ['bag.mcap', 'metadata.yaml']
+    assert not partial.exists() and hidden(tmp_path) == []
