@@ -638,3 +638,35 @@ def read_engine_sidecar(engine_path: str | Path) -> tuple[ModelInfo, EngineTarge
         raise ModelFileError(msg, path=engine_path) from err
     info = model_info_from_metadata(meta, path=engine_path, sha256=str(data.get('onnx_sha256')))
     return info, target
+
+
+def sort_nodes_topologically(graph: Any) -> None:
+    """Reorder ``graph.node`` so every node follows its inputs' producers (in place).
+
+    onnxruntime's FP16 converter appends its input casts at the end; the checker (rightly)
+    wants a sorted graph. Subgraphs are not used by the UNet. Raises ValueError naming the
+    first nodes of a cycle or of a missing input.
+    """
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {''}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            names = [n.name or n.op_type for n in pending[:5]]
+            raise ValueError(f'graph has a cycle or a missing input around nodes {names}')
+        for node in ready:
+            known.update(node.output)
+        ordered += ready
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def graph_digest(model_proto: Any) -> str:
+    """sha256 of the serialized graph (every node and weight): the ``weights_sha256`` key, the
+    same bytes :func:`read_model_info` hashes from the file."""
+    return hashlib.sha256(model_proto.graph.SerializeToString()).hexdigest()

@@ -32,7 +32,6 @@ or ``python -m training.export ...``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -56,8 +55,10 @@ from semseg_ros.model_file import (
     ModelFileError,
     ModelInfo,
     file_sha256,
+    graph_digest,
     metadata_dict,
     read_model_info,
+    sort_nodes_topologically,
 )
 from semseg_ros.pipeline import InputSpec, prepare
 from semseg_ros.staged_output import remove_stale_temporaries, temporary_for
@@ -273,11 +274,6 @@ def pad_inputs(onnx_path: str | Path) -> list[dict[str, Any]]:
     return found
 
 
-def graph_digest(model_proto: Any) -> str:
-    """sha256 of the serialized graph (every node and weight): the ``weights_sha256`` key."""
-    return hashlib.sha256(model_proto.graph.SerializeToString()).hexdigest()
-
-
 def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: str) -> None:
     import onnx
 
@@ -414,31 +410,6 @@ def _argmax_agreement(a: Path, b: Path, inputs: Iterable[np.ndarray]) -> float:
 # --- FP16 -----------------------------------------------------------------------------------
 
 
-def _topological_sort(graph: Any) -> None:
-    """Reorder ``graph.node`` so every node follows its inputs' producers (in place).
-
-    onnxruntime's FP16 converter appends its input casts at the end; the checker (rightly)
-    wants a sorted graph. Subgraphs are not used by the UNet.
-    """
-    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {''}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in known for i in n.input)]
-        if not ready:
-            names = [n.name or n.op_type for n in pending[:5]]
-            raise ExportError(f'graph has a cycle or a missing input around nodes {names}')
-        for node in ready:
-            known.update(node.output)
-        ordered += ready
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    copies = [type(n)() for n in ordered]
-    for copy, node in zip(copies, ordered, strict=True):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
-
-
 def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> tuple[Path, float]:
     """FP16 weights and arithmetic with FP32 I/O; returns (path, argmax agreement vs FP32).
 
@@ -452,7 +423,10 @@ def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> tuple[
     out = Path(out) if out is not None else variant_path(onnx_path, 'fp16')
     info = read_model_info(onnx_path)
     proto = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    _topological_sort(proto.graph)
+    try:
+        sort_nodes_topologically(proto.graph)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
     meta = _set_precision(proto, 'fp16', {'fp16_from': onnx_path.name})
     _save_with_metadata(proto, out, meta, proto.doc_string + ' [FP16 weights, FP32 I/O]')
     width, height = info.input_spec.input_size

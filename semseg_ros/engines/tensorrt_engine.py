@@ -42,13 +42,16 @@ from semseg_ros.model_file import (
     CONFIDENCE_OUTPUT_NAME,
     ENGINE_SUFFIX,
     IDS_OUTPUT_NAME,
+    WEIGHTS_DIGEST_KEY,
     EngineTarget,
     ModelInfo,
     engine_cache_complete,
     engine_cache_path,
+    graph_digest,
     profile_tag,
     read_engine_sidecar,
     read_model_info,
+    sort_nodes_topologically,
     write_atomic,
     write_engine_sidecar,
 )
@@ -105,26 +108,6 @@ def fp16_variant_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(f'{onnx_path.stem}.fp16{onnx_path.suffix}')
 
 
-def _sorted_nodes(graph: Any) -> None:
-    """Reorder ``graph.node`` topologically (onnxruntime's converter appends its casts)."""
-    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {''}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in known for i in n.input)]
-        if not ready:
-            raise EngineError(f'graph has a cycle around {[n.op_type for n in pending[:5]]}')
-        for node in ready:
-            known.update(node.output)
-        ordered += ready
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    copies = [type(n)() for n in ordered]
-    for copy, node in zip(copies, ordered, strict=True):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
-
-
 def write_fp16_copy(onnx_path: Path, out: Path) -> Path:
     """FP16 weights and arithmetic, FP32 I/O, the metadata kept with precision ``fp16``.
 
@@ -135,10 +118,15 @@ def write_fp16_copy(onnx_path: Path, out: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     proto = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    _sorted_nodes(proto.graph)
+    try:
+        sort_nodes_topologically(proto.graph)
+    except ValueError as err:
+        raise EngineError(str(err)) from err
     for prop in proto.metadata_props:
         if prop.key == 'precision':
             prop.value = 'fp16'
+        elif prop.key == WEIGHTS_DIGEST_KEY:  # the copy's own weights
+            prop.value = graph_digest(proto)
     write_atomic(out, proto.SerializeToString())
     return out
 
