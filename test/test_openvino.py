@@ -18,7 +18,7 @@ from semseg_ros.engines.openvino_engine import (
     openvino_available,
     openvino_int8_path,
 )
-from semseg_ros.model_file import read_model_info
+from semseg_ros.model_file import WEIGHTS_DIGEST_KEY, graph_digest, read_model_info
 from semseg_ros.pipeline import InputSpec, prepare
 
 OV_OK, OV_WHY = openvino_available()
@@ -148,6 +148,9 @@ def test_a_graph_openvino_cannot_compile_falls_back_to_onnxruntime(model, tmp_pa
         helper.make_node('Add', ['logits_raw', 'nothing'], ['logits']),
     ])  # fmt: skip
     proto.opset_import.append(helper.make_opsetid('com.microsoft', 1))
+    for prop in proto.metadata_props:  # a well-formed file of its own: its digest matches
+        if prop.key == WEIGHTS_DIGEST_KEY:
+            prop.value = graph_digest(proto)
     odd = tmp_path / 'odd.onnx'
     onnx.save(proto, str(odd))
     with warnings.catch_warnings(record=True) as caught:
