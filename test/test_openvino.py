@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,11 @@ def test_a_graph_openvino_cannot_compile_falls_back_to_onnxruntime(model, tmp_pa
     assert 'OpenVINO cannot' in engine.selection
     with pytest.raises(Exception, match='OpenVINO cannot compile'):
         create_engine(odd, backend='openvino', device='cpu', cache_dir=cache)
+
+
+def test_the_shipped_int8_ir_belongs_to_the_shipped_onnx(tmp_path):
+    """models/semseg_demo.openvino-int8.xml records the sha256 of the ONNX it was made from:
+    any change to the shipped ONNX (even its metadata) needs the IR made again (models/README)."""
+    shipped = Path(__file__).resolve().parents[1] / 'models' / 'semseg_demo.onnx'
+    engine = OpenVINOEngine(read_model_info(shipped), precision='int8', cache_dir=tmp_path)
+    assert engine.info.class_set.name == 'lyft13'
