@@ -117,3 +117,31 @@ def test_add_digest_makes_an_older_export_checkable(model, tmp_path):
     assert read_model_info(old).weights_sha256 == read_model_info(model).weights_sha256
     with pytest.raises(ModelFileError, match='is damaged'):
         read_model_info(damaged_copy(old, tmp_path / 'old-damaged.onnx'))
+
+
+def test_upgrade_gives_an_older_export_the_new_outputs_and_keeps_its_weights(model, tmp_path):
+    from training.export import main
+
+    proto = onnx.load(str(without_digest(model, tmp_path / 'plain.onnx')))
+    # An export from before the ids and confidence heads: logits only.
+    for field in (proto.graph.output, proto.graph.node, proto.graph.initializer):
+        kept = [x for x in field if not x.name.startswith(('ids', 'confidence'))]
+        del field[:]
+        field.extend(kept)
+    onnx.save(proto, str(tmp_path / 'old.onnx'))
+    old = tmp_path / 'old.onnx'
+    assert read_model_info(old).confidence_output is None
+
+    assert main(['--upgrade', str(old)]) == 0
+    info = read_model_info(old)  # the new digest reads back and matches
+    assert info.confidence_output == 'confidence' and info.weights_sha256
+    upgraded = onnx.load(str(old))
+    assert [o.name for o in upgraded.graph.output] == ['logits', 'ids', 'confidence']
+    weights = {t.name: t.raw_data for t in proto.graph.initializer}
+    assert all(weights[t.name] == t.raw_data for t in upgraded.graph.initializer
+               if t.name in weights)  # fmt: skip
+    assert main(['--upgrade', str(old)]) == 0  # nothing left to add: unchanged
+    assert read_model_info(old).sha256 == info.sha256
+    # A damaged file is refused before anything is certified again.
+    damaged = damaged_copy(old, tmp_path / 'damaged.onnx')
+    assert main(['--upgrade', str(damaged)]) == 1

@@ -70,6 +70,37 @@ def test_fast_ids_are_the_first_maximum_of_the_logits(model, frames, cache):
     np.testing.assert_array_equal(engine.infer_ids(batch), engine.infer(batch).argmax(1))
 
 
+def test_confidence_is_the_graphs_output_and_the_ids_stay_the_same(model, frames, cache):
+    ort = create_engine(model, backend='onnxruntime', device='cpu')
+    ov = create_engine(model, backend='openvino', device='cpu', cache_dir=cache)
+    assert ov.info.confidence_output == 'confidence'
+    for batch in _batches(ov.info, frames):
+        ids, confidence = ov.infer_ids_and_confidence(batch)
+        np.testing.assert_array_equal(ids, ov.infer_ids(batch))
+        _, want = ort.infer_ids_and_confidence(batch)
+        assert confidence.dtype == np.uint8 and confidence.shape == want.shape
+        # bf16 math on CPUs with AMX: a few levels off, on average far below one.
+        diff = np.abs(confidence.astype(int) - want)
+        assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
+
+
+def test_a_model_without_confidence_has_none_as_on_the_other_engines(model, tmp_path, cache):
+    import onnx
+
+    proto = onnx.load(str(model))
+    kept = [o for o in proto.graph.output if o.name != 'confidence']
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    for entry in proto.metadata_props:
+        if entry.key == WEIGHTS_DIGEST_KEY:
+            entry.value = graph_digest(proto)
+    onnx.save(proto, str(tmp_path / 'old.onnx'))
+    engine = create_engine(tmp_path / 'old.onnx', backend='openvino', cache_dir=cache)
+    batch = _batches(engine.info, [np.zeros((64, 96, 3), np.uint8)])[0]
+    ids, confidence = engine.infer_ids_and_confidence(batch)
+    assert confidence is None and ids.shape == batch.shape[:1] + batch.shape[2:]
+
+
 def test_auto_on_cpu_picks_openvino_and_int8_runs_its_ir(model, frames, tmp_path, cache):
     from training.export import quantize_openvino_int8
 

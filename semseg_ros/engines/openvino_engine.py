@@ -14,7 +14,8 @@ Two graph edits at load, both exact (the same ids as the graph's ``ids`` output)
 * the argmax is ReduceMax + Equal + a first-maximum pick instead of OpenVINO's TopK, which
   costs more than the whole network at 800x600.
 
-``infer_ids`` runs a compiled model with the ids output alone (no logits written out).
+``infer_ids`` runs a compiled model with the ids output alone (no logits written out);
+``infer_ids_and_confidence`` one with ids and confidence, the same edit (compiled on first use).
 
 Compiled models are cached (OpenVINO's ``CACHE_DIR``) in a folder keyed by the OpenVINO
 version and the CPU (:func:`cache_dir_for`), with a ``cache.json`` stamp; a folder whose
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
-from semseg_ros.model_file import IDS_OUTPUT_NAME, ModelInfo
+from semseg_ros.model_file import CONFIDENCE_OUTPUT_NAME, IDS_OUTPUT_NAME, ModelInfo
 
 #: rt_info key of the IR's semseg_ros metadata (the ONNX metadata_props, as a JSON object).
 RT_INFO_KEY = 'semseg_ros'
@@ -135,9 +136,11 @@ def prepare_cache(core: Any, folder: Path) -> Path:
     return folder
 
 
-def _fast_ids(model: Any, logits_name: str) -> Any:
-    """A model with one output, ``ids`` (N, H, W) uint8: the first maximum over channels,
-    taken before the trailing pixel-gathering ops of ``logits`` and sent through them.
+def _fast_heads(model: Any, logits_name: str, *, confidence: bool = False) -> Any:
+    """A model with the per-pixel heads of ``logits`` as its outputs: ``ids`` (N, H, W) uint8,
+    the first maximum over channels, and with ``confidence`` also ``confidence`` (N, H, W)
+    uint8, floor(255 x the largest softmax probability): the graph's own outputs, computed
+    before the trailing pixel-gathering ops of ``logits`` and sent through them.
 
     Edits ``model`` in place (pass a copy of its own)."""
     import openvino as ov
@@ -159,13 +162,22 @@ def _fast_ids(model: Any, logits_name: str) -> Any:
     weight = ops.constant(np.arange(classes, 0, -1, dtype=np.float32).reshape(1, -1, 1, 1))
     picked = ops.select(ops.equal(source, best), weight, ops.constant(np.float32(0)))
     first = ops.reduce_max(picked, axis, keep_dims=True)  # (N, 1, h, w)
-    ids = ops.subtract(ops.constant(np.float32(classes)), first).output(0)
-    if chain:  # feed the ids (N, 1, h, w) through the same gathering ops (this model's copy)
-        chain[-1].input(0).replace_source_output(ids)
-        ids = result.input_value(0)
-    ids = ops.squeeze(ops.convert(ids, 'u8'), np.array([1], np.int64))
-    ids.output(0).set_names({IDS_OUTPUT_NAME})
-    return ov.Model([ops.result(ids)], model.get_parameters(), 'semseg_ids')
+    heads = ops.subtract(ops.constant(np.float32(classes)), first).output(0)
+    if confidence:  # the graph's Cast truncates: floor, then an exact conversion
+        top = ops.reduce_max(ops.softmax(source, 1), axis, keep_dims=True)
+        scaled = ops.floor(ops.multiply(top, ops.constant(np.float32(255))))
+        heads = ops.concat([heads, scaled], 1).output(0)  # (N, 2, h, w): one gather for both
+    if chain:  # feed the heads (N, 1 or 2, h, w) through the same gathering ops
+        chain[-1].input(0).replace_source_output(heads)
+        heads = result.input_value(0)
+    names = [IDS_OUTPUT_NAME, CONFIDENCE_OUTPUT_NAME] if confidence else [IDS_OUTPUT_NAME]
+    results = []
+    for channel, name in enumerate(names):  # channel k of (N, k, H, W) -> (N, H, W) uint8
+        head = ops.gather(heads, np.int64(channel), np.int64(1))
+        out = ops.convert(head, 'u8')
+        out.output(0).set_names({name})
+        results.append(ops.result(out))
+    return ov.Model(results, model.get_parameters(), 'semseg_heads')
 
 
 def _logits_only(model: Any, logits_name: str) -> Any:
@@ -225,7 +237,7 @@ class OpenVINOEngine(Engine):
             self.cache = prepare_cache(core, cache_dir_for(core, root))
         try:
             model = core.read_model(str(source))
-            ids_model = _fast_ids(model, info.output_name)
+            ids_model = _fast_heads(model, info.output_name)
             logits_model = _logits_only(core.read_model(str(source)), info.output_name)
             self._ids = self._compile(ids_model, config)
             self._logits = self._compile(logits_model, config)
@@ -234,6 +246,8 @@ class OpenVINOEngine(Engine):
             raise EngineError(msg) from err
         self._ids_request = self._ids.create_infer_request()
         self._logits_request = self._logits.create_infer_request()
+        self._config = config
+        self._heads_request: Any = None  # ids + confidence, compiled on first use
 
     def _compile(self, model: Any, config: dict[str, Any]) -> Any:
         if self.cache is None:
@@ -266,5 +280,19 @@ class OpenVINOEngine(Engine):
             # A fresh array per call, as the interface promises for ids (callers keep them).
             return self._ids_request.infer({0: batch}, share_inputs=True)[0].copy()
 
+    def infer_ids_and_confidence(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.info.confidence_output is None:  # the file has none: as the other engines
+            return self.infer_ids(batch), None
+        batch = self.check_batch(batch)
+        with self._lock:
+            if self._heads_request is None:
+                heads = _fast_heads(
+                    self._core.read_model(str(self.source)), self.info.output_name,
+                    confidence=True,
+                )  # fmt: skip
+                self._heads_request = self._compile(heads, self._config).create_infer_request()
+            outputs = self._heads_request.infer({0: batch}, share_inputs=True)
+            return outputs[0].copy(), outputs[1].copy()
+
     def close(self) -> None:
-        self._ids_request = self._logits_request = None
+        self._ids_request = self._logits_request = self._heads_request = None
