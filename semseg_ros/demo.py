@@ -10,10 +10,17 @@
    shipped model, ``config/semseg.yaml``, sim time, ground truth) -> ``semseg record``
    (masks, camera_info and /diagnostics into an mcap bag). The node is stopped with SIGINT
    once the stream ended and its last report is out, and must exit 0.
-3. Read the bag back and write what a person looks at into ``--out`` (default ``runs/demo``):
-   ``drive.gif`` (camera | colour mask | overlay), ``contact_sheet.png``, ``metrics.json``
-   (per-class IoU against the synthetic ground truth, FPS, latency p50/p99, drops by kind,
-   processing p50).
+   The drive runs twice: **free running** (the camera does not wait: a slow node drops stale
+   frames, as beside a simulator) and **lockstep** (``semseg replay --lockstep``: each frame
+   waits for the previous frame's mask, so every frame is scored; the recorder also takes
+   ``~/confidence`` and ``~/error``). Same frames, same node: the two mIoUs side by side
+   show what dropping frames costs the score, and the masks of the frames both passes
+   segmented are compared.
+3. Read the bags back and write what a person looks at into ``--out`` (default ``runs/demo``):
+   ``drive.gif`` (camera | colour mask | overlay, free running), ``contact_sheet.png`` (as
+   rviz shows the node's outputs: camera | colour | overlay | confidence | error, lockstep),
+   ``metrics.json`` (per-class IoU against the synthetic ground truth, FPS, latency p50/p99,
+   drops by kind, processing p50, and the lockstep pass beside it).
 
 This module glues both halves of the project, so it imports the training package lazily.
 """
@@ -39,11 +46,13 @@ from semseg_ros.labels import LYFT13
 from semseg_ros.metrics import ConfusionMatrix
 from semseg_ros.node.params import DIAGNOSTICS_PERIOD_S
 from semseg_ros.ros_env import isolated_environment, random_domain_id, share_file
-from semseg_ros.visualize import contact_sheet, fit_width, label_panel, write_rgb
+from semseg_ros.visualize import caption, contact_sheet, fit_width, label_panel, write_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / 'models' / 'semseg_demo.onnx'
 MASK_TOPIC = '/semseg_node/mask'
+CONFIDENCE_TOPIC = '/semseg_node/confidence'
+ERROR_TOPIC = '/semseg_node/error'
 CAMERA_TOPIC = '/carla/ego_vehicle/rgb_front/image'
 CAMERA_INFO_TOPIC = '/carla/ego_vehicle/rgb_front/camera_info'
 SEG_TOPIC = '/carla/ego_vehicle/semantic_segmentation_front/image'
@@ -147,10 +156,12 @@ def run_graph(
     rate: float,
     domain_id: int | None = None,
     lockstep: bool = False,
+    extra_topics: tuple[str, ...] = (),
 ) -> None:
     """replay -> node -> recorder in a ROS domain of their own (``domain_id``, default a
     random one); each must exit 0. ``lockstep``: the replay waits for each frame's mask
-    (``semseg replay --lockstep``), so the node segments every frame."""
+    (``semseg replay --lockstep``), so the node segments every frame. ``extra_topics``: more
+    node outputs to record (the node computes an output only while someone subscribes)."""
     domain = random_domain_id() if domain_id is None else domain_id
     env = dict(isolated_environment(domain), PYTHONUNBUFFERED='1')
     children: list[ChildProcess] = []
@@ -160,7 +171,7 @@ def run_graph(
         recorder = ChildProcess(
             'recorder',
             semseg_command('record', '--out', str(bag), '--duration', '240',
-                           MASK_TOPIC, CAMERA_INFO_TOPIC, '/diagnostics'),
+                           MASK_TOPIC, CAMERA_INFO_TOPIC, '/diagnostics', *extra_topics),
             env=env, log_dir=log_dir,
         )  # fmt: skip
         children.append(recorder)
@@ -193,6 +204,8 @@ class GraphOutputs:
     """What the recorder wrote, by replay tick (replay stamps tick k at (k + 1) / 20 s)."""
 
     masks: dict[int, np.ndarray] = field(default_factory=dict)
+    confidence: dict[int, np.ndarray] = field(default_factory=dict)  # mono8, when recorded
+    error: dict[int, np.ndarray] = field(default_factory=dict)  # rgb8, when recorded
     mask_received_ns: dict[int, int] = field(default_factory=dict)  # recorder's receive time
     camera_received_ns: dict[int, int] = field(default_factory=dict)  # camera_info's
     diagnostics: dict[str, str] = field(default_factory=dict)  # last report while streaming
@@ -239,6 +252,10 @@ def read_outputs(bag: Path) -> GraphOutputs:
                 tick = _tick(msg.header)
                 outputs.masks[tick] = np.array(image_to_array(msg))
                 outputs.mask_received_ns[tick] = received_ns
+            elif connection.topic == CONFIDENCE_TOPIC:
+                outputs.confidence[_tick(msg.header)] = np.array(image_to_array(msg))
+            elif connection.topic == ERROR_TOPIC:
+                outputs.error[_tick(msg.header)] = np.array(image_to_array(msg))
             elif connection.topic == CAMERA_INFO_TOPIC:
                 outputs.camera_received_ns[_tick(msg.header)] = received_ns
             elif msg.status:
@@ -259,9 +276,13 @@ def run_demo(
     seed: int = 7,
     rate: float = SIM_HZ,
     domain_id: int | None = None,
-    lockstep: bool = False,
+    lockstep_pass: bool = True,
 ) -> dict:
-    """Run every step and return the metrics (also written to ``out/metrics.json``)."""
+    """Run every step and return the metrics (also written to ``out/metrics.json``).
+
+    The top-level metrics are the free-running pass's; ``metrics['lockstep']`` the lockstep
+    pass's (``lockstep_pass=False`` skips it, and the contact sheet then has no confidence
+    or error column)."""
     from training.data.check import check_dataset, write_report
     from training.data.lyft import read_label, read_rgb, scan_dataset
     from training.data.preview import sample_sheet
@@ -280,41 +301,83 @@ def run_demo(
     write_report(report, out / 'data' / 'check')
     write_rgb(out / 'data_samples.png', sample_sheet(scan_dataset(data_dir).samples[::2], LYFT13))
 
-    # The graph: a synthetic drive through replay -> node -> recorder.
+    # The graph: a synthetic drive through replay -> node -> recorder, free running.
     drive_dir = generate_dataset(out / 'drive', frames, seed, mode='sequence', progress=True)
     samples = scan_dataset(drive_dir).samples
+    labels = [read_label(sample.label) for sample in samples]
     run_graph(
         model, drive_dir, out / 'outputs_bag', log_dir=out / 'logs', rate=rate,
-        domain_id=domain_id, lockstep=lockstep,
+        domain_id=domain_id,
     )  # fmt: skip
     outputs = read_outputs(out / 'outputs_bag')
-    masks = outputs.masks
-    if not masks:
+    if not outputs.masks:
         raise DemoError(f'the node published no masks; see {out / "logs" / "node.log"}')
-
-    confusion = ConfusionMatrix(LYFT13.num_classes)
-    panels = []
-    for tick, ids in sorted(masks.items()):
-        sample = samples[tick]
-        confusion.update(ids, read_label(sample.label))
-        panels.append(
-            label_panel(
-                read_rgb(sample.rgb),
-                ids,
-                LYFT13,
-                titles=(f'camera {sample.name}', 'node mask', 'overlay'),
-            )
-        )
+    metrics = {'model': str(model), **_pass_metrics(outputs, labels, frames=len(samples))}
+    metrics['data_check'] = {'pairs': report.total_pairs, 'problems': len(report.problems)}
+    rgb = {tick: read_rgb(samples[tick].rgb) for tick in sorted(outputs.masks)}
+    panels = [
+        label_panel(rgb[tick], ids, LYFT13,
+                    titles=(f'camera {samples[tick].name}', 'node mask', 'overlay'))
+        for tick, ids in sorted(outputs.masks.items())
+    ]  # fmt: skip
     write_animation(out / 'drive.gif', [fit_width(p, 960) for p in panels], fps=rate / 2)
-    write_rgb(out / 'contact_sheet.png', contact_sheet([fit_width(p, 1200) for p in panels[::8]]))
+    sheet_rows = panels[::8]
 
+    # The same drive in lockstep: every frame segmented, with confidence and error images.
+    if lockstep_pass:
+        (out / 'logs' / 'lockstep').mkdir()
+        run_graph(
+            model, drive_dir, out / 'lockstep_bag', log_dir=out / 'logs' / 'lockstep',
+            rate=rate, domain_id=domain_id, lockstep=True,
+            extra_topics=(CONFIDENCE_TOPIC, ERROR_TOPIC),
+        )  # fmt: skip
+        lock = read_outputs(out / 'lockstep_bag')
+        metrics['lockstep'] = _pass_metrics(lock, labels, frames=len(samples))
+        metrics['lockstep']['replay_report'] = _lockstep_report(out / 'logs' / 'lockstep')
+        metrics['free_running_vs_lockstep'] = _compare_passes(outputs, lock, labels)
+        sheet_rows = [
+            rviz_row(read_rgb(samples[tick].rgb), ids, lock.confidence.get(tick),
+                     lock.error.get(tick), title=f'camera {samples[tick].name}')
+            for tick, ids in sorted(lock.masks.items())
+        ][::8]  # fmt: skip
+    write_rgb(out / 'contact_sheet.png', contact_sheet([fit_width(r, 2000) for r in sheet_rows]))
+    (out / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def rviz_row(
+    rgb: np.ndarray,
+    ids: np.ndarray,
+    confidence: np.ndarray | None,
+    error: np.ndarray | None,
+    *,
+    title: str,
+) -> np.ndarray:
+    """One frame as the rviz config shows the node's outputs: camera | colour | overlay |
+    confidence (mono8, white = certain) | error (wrong pixels red over the dimmed camera)."""
+    row = [label_panel(rgb, ids, LYFT13, titles=(title, '~/color', '~/overlay'))]
+    blank = np.full_like(rgb, 255)
+    for image, name in ((confidence, '~/confidence'), (error, '~/error')):
+        if image is None:
+            image, name = blank, f'{name} (not received)'
+        elif image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        row.append(caption(image, name))
+    return np.hstack(row)
+
+
+def _pass_metrics(outputs: GraphOutputs, labels: list[np.ndarray], *, frames: int) -> dict:
+    """One pass's scores and counts: IoU over the frames the node segmented."""
+    confusion = ConfusionMatrix(LYFT13.num_classes)
+    for tick, ids in outputs.masks.items():
+        confusion.update(ids, labels[tick])
     latency = outputs.latency_ms()
     final = outputs.final
-    metrics = {
-        'model': str(model),
-        'lockstep': lockstep,
-        'frames_published': len(samples),
-        'masks_received': len(masks),
+    return {
+        'frames_published': frames,
+        'masks_received': len(outputs.masks),
+        'confidence_images': len(outputs.confidence),
+        'error_images': len(outputs.error),
         'stream_seconds': round(outputs.stream_seconds(), 2),
         'fps_end_to_end': round(outputs.fps(), 2),
         'latency_wall_ms': {
@@ -336,10 +399,42 @@ def run_demo(
         },
         'node_diagnostics': outputs.diagnostics,
         'node_final_report': final,
-        'data_check': {'pairs': report.total_pairs, 'problems': len(report.problems)},
     }
-    (out / 'metrics.json').write_text(json.dumps(metrics, indent=2))
-    return metrics
+
+
+def _compare_passes(
+    free: GraphOutputs, lock: GraphOutputs, labels: list[np.ndarray]
+) -> dict[str, Any]:
+    """The two passes over the same drive: mIoU of each, and of the lockstep masks on just
+    the frames the free-running node segmented (so a difference is the frames, not the
+    masks), and whether the masks of the frames both segmented are the same."""
+    common = sorted(set(free.masks) & set(lock.masks))
+    on_common = ConfusionMatrix(LYFT13.num_classes)
+    for tick in common:
+        on_common.update(lock.masks[tick], labels[tick])
+    identical = sum(np.array_equal(free.masks[t], lock.masks[t]) for t in common)
+    return {
+        'frames': len(labels),
+        'segmented_free_running': len(free.masks),
+        'segmented_lockstep': len(lock.masks),
+        'miou_free_running': _miou(free.masks, labels),
+        'miou_lockstep_every_frame': _miou(lock.masks, labels),
+        'miou_lockstep_on_the_free_running_frames': round(on_common.miou(), 4) if common else None,
+        'masks_identical_on_common_frames': f'{identical}/{len(common)}',
+    }
+
+
+def _miou(masks: dict[int, np.ndarray], labels: list[np.ndarray]) -> float:
+    confusion = ConfusionMatrix(LYFT13.num_classes)
+    for tick, ids in masks.items():
+        confusion.update(ids, labels[tick])
+    return round(confusion.miou(), 4)
+
+
+def _lockstep_report(log_dir: Path) -> str:
+    """The replay's ``lockstep: N frame(s), T timed out ...`` line."""
+    lines = (log_dir / 'replay.log').read_text().splitlines()
+    return next((line for line in lines if line.startswith('lockstep:')), 'not reported')
 
 
 def _number(text: str | None) -> float | int | None:
@@ -378,11 +473,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument('--seed', type=int, default=7, help='synthetic drive seed (default 7)')
     parser.add_argument('--rate', type=float, default=SIM_HZ, help='camera Hz (default 20)')
     parser.add_argument(
-        '--lockstep',
+        '--no-lockstep',
         action='store_true',
         help=(
-            'the camera waits for each mask before the next frame (semseg replay --lockstep): '
-            'the node is scored on every frame, the same IoU as semseg bag over the drive'
+            'skip the second, lockstep pass (semseg replay --lockstep: every frame segmented, '
+            'with ~/confidence and ~/error recorded for the contact sheet)'
         ),
     )
     args = parser.parse_args(argv)
@@ -391,7 +486,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         metrics = run_demo(
             args.out, model=args.model, frames=args.frames, seed=args.seed, rate=args.rate,
-            lockstep=args.lockstep,
+            lockstep_pass=not args.no_lockstep,
         )  # fmt: skip
     except DemoError as err:
         print(f'{parser.prog}: {err}', file=sys.stderr)
@@ -415,6 +510,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         f'mIoU vs synthetic ground truth {metrics["miou"]:.3f} '
         f'(node online mIoU {diag.get("mIoU", "n/a")})'
     )
+    if 'lockstep' in metrics:
+        both = metrics['free_running_vs_lockstep']
+        print(
+            f'lockstep pass ({metrics["lockstep"]["replay_report"]}): '
+            f'{both["segmented_lockstep"]}/{both["frames"]} frames segmented, mIoU '
+            f'{both["miou_lockstep_every_frame"]:.3f} vs free running '
+            f'{both["miou_free_running"]:.3f} on its {both["segmented_free_running"]} frames '
+            f'(lockstep on those frames: {both["miou_lockstep_on_the_free_running_frames"]}; '
+            f'masks identical on {both["masks_identical_on_common_frames"]})'
+        )
     print('look at:')
     for name in ('drive.gif', 'contact_sheet.png', 'metrics.json', 'data_samples.png'):
         print(f'  {args.out / name}')

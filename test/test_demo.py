@@ -32,3 +32,15 @@ def test_the_demo_runs_end_to_end_and_accounts_for_every_frame(tmp_path, ros_dom
         == received
     ), metrics['node_final_report']
     assert 0.3 < metrics['miou'] <= 1.0  # the shipped model on its own kind of data
+
+    # The lockstep pass: the camera waited for each mask, so every frame was segmented, and
+    # the recorder's subscriptions made the node publish confidence and error images too.
+    lockstep = metrics['lockstep']
+    assert lockstep['replay_report'].startswith(f'lockstep: {frames} frame(s), 0 timed out')
+    assert lockstep['masks_received'] == frames, lockstep['node_final_report']
+    assert lockstep['confidence_images'] == lockstep['error_images'] == frames
+    both = metrics['free_running_vs_lockstep']
+    assert both['segmented_lockstep'] == frames
+    same, common = map(int, both['masks_identical_on_common_frames'].split('/'))
+    assert same == common == metrics['masks_received']  # same frames, same masks
+    assert both['miou_lockstep_on_the_free_running_frames'] == both['miou_free_running']
