@@ -116,6 +116,10 @@ def test_auto_on_cpu_picks_openvino_and_int8_runs_its_ir(model, frames, tmp_path
     assert engine.precision == 'int8' and engine.source == xml
     ids = engine.infer_ids(_batches(engine.info, frames)[0])
     assert ids.dtype == np.uint8
+    # With the IR beside the file, auto picks it (the fastest CPU path) and says so.
+    auto = create_engine(onnx, device='cpu', cache_dir=cache)
+    assert (auto.backend, auto.precision) == ('openvino', 'int8')
+    assert 'm.openvino-int8.xml, the INT8 IR made from this file' in auto.selection
     # An IR made from another ONNX is refused with the fix.
     (tmp_path / 'o').mkdir()
     other = shutil.copy(export_tiny(tmp_path / 'o', seed=1), tmp_path / 'other.onnx')
@@ -123,6 +127,12 @@ def test_auto_on_cpu_picks_openvino_and_int8_runs_its_ir(model, frames, tmp_path
     shutil.copy(xml.with_suffix('.bin'), openvino_int8_path(other).with_suffix('.bin'))
     with pytest.raises(Exception, match='made from another'):
         create_engine(other, backend='openvino', precision='int8', cache_dir=cache)
+    # An IR OpenVINO cannot load: FP32, with one warning that says why.
+    xml.with_suffix('.bin').write_bytes(b'truncated')
+    with pytest.warns(RuntimeWarning, match=r'm\.openvino-int8\.xml is unreadable') as caught:
+        auto = create_engine(onnx, device='cpu', cache_dir=cache)
+    assert len(caught) == 1 and 'Incorrect weights in bin file' in str(caught[0].message)
+    assert (auto.backend, auto.precision) == ('openvino', 'fp32')
 
 
 def test_int8_onnx_on_cpu_stays_on_onnxruntime(model, tmp_path):

@@ -92,8 +92,10 @@ def create_engine(
     info = model_path if isinstance(model_path, ModelInfo) else _load_info(Path(model_path))
     if backend == 'auto':
         backend, why = _choose(info, device)
+        backend, options = _with_precision(backend, options)
     else:
         why = 'requested'
+    engine: Engine | None = None
     try:
         engine = _build(backend, info, device, options)
     except EngineError as err:
@@ -104,30 +106,65 @@ def create_engine(
             raise
         if backend == 'tensorrt':
             backend, why = _choose(info, device, tensorrt_failed=f'TensorRT failed: {err}')
+            backend, options = _with_precision(backend, options)
+        elif backend == 'openvino' and options.get('precision') == 'int8':
+            why = f'OpenVINO cannot run the INT8 IR of {info.path.name} ({err}): FP32 instead'
+            warnings.warn(why, RuntimeWarning, stacklevel=2)
+            options = {**options, 'precision': 'fp32'}
+            try:
+                engine = _build(backend, info, device, options)
+            except EngineError as err2:
+                why = f'OpenVINO cannot run {info.path.name} ({err2}): onnxruntime instead'
+                warnings.warn(why, RuntimeWarning, stacklevel=2)
+                backend = 'onnxruntime'
         elif backend == 'openvino':
             why = f'OpenVINO cannot run {info.path.name} ({err}): onnxruntime instead'
             warnings.warn(why, RuntimeWarning, stacklevel=2)
             backend = 'onnxruntime'
         else:
             raise
-        engine = _build(backend, info, device, options)
+        if engine is None:
+            engine = _build(backend, info, device, options)
     fallback = getattr(engine, 'fallback', '')  # a GPU provider onnxruntime could not load
     engine.selection = f'{engine.name}: {why}' + (f'; {fallback}' if fallback else '')
     return engine
 
 
+def _with_precision(choice: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``'openvino:int8'`` -> ``('openvino', {'precision': 'int8', **options})``; the
+    caller's own ``precision`` option wins."""
+    backend, _, precision = choice.partition(':')
+    return backend, ({'precision': precision, **options} if precision else options)
+
+
 def _cpu_choice(info: ModelInfo, where: str) -> tuple[str, str]:
-    """The CPU backend for an ONNX file: OpenVINO when installed and the file is FP32."""
-    from semseg_ros.engines.openvino_engine import openvino_available
+    """The CPU backend for an ONNX file: OpenVINO when installed and the file is FP32 (on
+    its INT8 IR when one made from this file lies beside it), else onnxruntime.
+
+    Returns ``(backend, why)``; the backend may carry a precision, ``'openvino:int8'``."""
+    from semseg_ros.engines.openvino_engine import (
+        int8_ir_for,
+        openvino_available,
+        openvino_int8_path,
+    )
 
     if info.precision != 'fp32':
         return 'onnxruntime', f'{where}: a {info.precision} ONNX file runs best in onnxruntime'
     ok, why = openvino_available()
     if not ok:
         return 'onnxruntime', f'{where}: onnxruntime ({why}; OpenVINO is ~2x faster on CPU)'
-    # Measured (make bench, 1-thread CPU time at 800x600): OpenVINO on the FP32 ONNX (bf16
-    # math on AMX CPUs) 36 ms, its NNCF INT8 IR 48, onnxruntime INT8 80, FP32 125.
-    return 'openvino', f'{where}: OpenVINO on the FP32 ONNX, the fastest CPU path measured'
+    # Measured (make bench, the shipped model, 800x600, p50 on 2 threads): OpenVINO's INT8 IR
+    # 25 ms, OpenVINO on the FP32 ONNX (bf16 math on AMX CPUs) 27, onnxruntime INT8 47,
+    # FP32 79; the IR's mIoU drop vs FP32 was 0.02 points.
+    xml, no_ir = int8_ir_for(info)
+    if xml is None and openvino_int8_path(info.path).is_file():  # there, but stale or broken
+        warnings.warn(f'{no_ir}; running the FP32 ONNX', RuntimeWarning, stacklevel=3)
+    if xml is not None:
+        return 'openvino:int8', (
+            f'{where}: OpenVINO on {xml.name}, the INT8 IR made from this file: the fastest '
+            'CPU path measured (backend openvino for FP32)'
+        )
+    return 'openvino', f'{where}: OpenVINO on the FP32 ONNX ({no_ir}; INT8 is faster)'
 
 
 def _choose(info: ModelInfo, device: str, *, tensorrt_failed: str = '') -> tuple[str, str]:

@@ -78,7 +78,8 @@ def int8_ir_for(info: ModelInfo) -> tuple[Path | None, str]:
     try:
         made_from = read_ir_metadata(xml).get('onnx_sha256')
     except (RuntimeError, ValueError) as err:
-        return None, f'{xml} is unreadable ({err}); re-export it'
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        return None, f'{xml} is unreadable ({lines[-1] if lines else err}); re-export it'
     if made_from != info.sha256:
         return None, f'{xml.name} was made from another {info.path.name}; re-export it'
     return xml, ''
