@@ -185,7 +185,14 @@ def main(argv: Sequence[str] | None = None, prog: str = 'semseg') -> int:
             return 2
         prog = f'{prog} {name}'
         if isinstance(entry, Command):
-            return int(entry.load()(args, prog) or 0)
+            try:
+                command = entry.load()
+            except ModuleNotFoundError as err:
+                if not entry.training:
+                    raise
+                print(f'{prog}: {err}', file=sys.stderr)  # what is missing, and the install
+                return 1
+            return int(command(args, prog) or 0)
         tree = entry
 
 
