@@ -12,6 +12,15 @@ from setuptools import find_packages, setup
 
 PACKAGE = 'semseg_ros'
 SHARE = f'share/{PACKAGE}'
+# The folder training/ installs as the package semseg_ros_training, so it never collides with
+# another distribution's top-level `training`; in a checkout it stays the package `training`
+# (`python -m training.train`). Its imports of its own modules are relative, so both work;
+# the runtime finds it through semseg_ros/training_half.py (docs/architecture.md).
+TRAINING = 'semseg_ros_training'
+TRAINING_PACKAGES = [
+    TRAINING + name.removeprefix('training')
+    for name in find_packages(include=['training', 'training.*'])
+]
 
 RUNTIME = [
     'numpy>=1.23',
@@ -75,8 +84,9 @@ setup(
     maintainer='semseg_ros developers',
     maintainer_email='semseg-ros@example.com',
     python_requires='>=3.10',
-    packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*', 'training', 'training.*']),
-    package_data={'training': ['configs/*.yaml']},
+    packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']) + TRAINING_PACKAGES,
+    package_dir={TRAINING: 'training'},
+    package_data={TRAINING: ['configs/*.yaml']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (SHARE, ['package.xml']),

@@ -74,9 +74,9 @@ def bench_labels(*, quick: bool = False) -> list[Row]:
 
 def bench_synth(*, quick: bool = False) -> list[Row]:
     """The synthetic generator at 800x600 on one core (target: >= 20 frames/s with PNG writes)."""
-    from training.data.synthetic import benchmark
+    from semseg_ros.training_half import training_module
 
-    result = benchmark(frames=8 if quick else 40)
+    result = training_module('data.synthetic').benchmark(frames=8 if quick else 40)
     return [
         Row('synth', case, float(value), 'frames/s', None, 'one core, 800x600')
         for case, value in result.items()
@@ -292,8 +292,9 @@ def _inference_case(
 def _load_case(path: str, backend: str, threads: int, spec: dict | None) -> dict[str, object]:
     from semseg_ros.pipeline import InputSpec
     from semseg_ros.segmenter import Segmenter
-    from training.data.synthetic import render_frame
+    from semseg_ros.training_half import training_module
 
+    render_frame = training_module('data.synthetic').render_frame
     frames = []
     for i in range(4):
         rgb = render_frame(123, i)[0]  # (600, 800, 3) RGB
@@ -358,22 +359,21 @@ def _random_bench_checkpoint(path: Path) -> Path:
 
     from semseg_ros.labels import LYFT13
     from semseg_ros.pipeline import Normalization
-    from training.checkpoint import Checkpoint, save_checkpoint
-    from training.config import load_config
-    from training.model import build_model
+    from semseg_ros.training_half import training_module
 
-    cpu = load_config('cpu')
+    checkpoints = training_module('checkpoint')
+    cpu = training_module('config').load_config('cpu')
     config = cpu.model.unet_config(LYFT13.num_classes)
     torch.manual_seed(0)
-    checkpoint = Checkpoint(
+    checkpoint = checkpoints.Checkpoint(
         model_config=config.to_dict(),
         class_set=LYFT13.to_dict(),
         normalization=Normalization().to_dict(),
         input_size=list(cpu.data.input_size),
-        model_state=build_model(config).state_dict(),
+        model_state=training_module('model').build_model(config).state_dict(),
         train_config={'name': 'bench_random_weights'},
     )
-    return save_checkpoint(checkpoint, path)
+    return checkpoints.save_checkpoint(checkpoint, path)
 
 
 def bench_models(
@@ -387,8 +387,9 @@ def bench_models(
     import hashlib
 
     from semseg_ros.model_file import file_sha256
-    from training import export
-    from training.checkpoint import load_checkpoint
+    from semseg_ros.training_half import training_module
+
+    export = training_module('export')
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -404,7 +405,7 @@ def bench_models(
     if fp32.is_file() and int8.is_file() and report_path.is_file():
         return json.loads(report_path.read_text())
     export.export_onnx(source, fp32)
-    ckpt = load_checkpoint(source)
+    ckpt = training_module('checkpoint').load_checkpoint(source)
     result: dict[str, object] = {
         'checkpoint': str(source),
         'trained': trained,
@@ -416,8 +417,7 @@ def bench_models(
         export.quantize_int8(fp32, frames, int8)
         result.update(export.int8_miou_drop(ckpt, source, fp32, int8, eval_frames))
     else:
-        from training.data.synthetic import render_frame
-
+        render_frame = training_module('data.synthetic').render_frame
         export.quantize_int8(fp32, [render_frame(7, i)[0] for i in range(8)], int8)
         result['miou_note'] = (
             f'no trained checkpoint at {BENCH_CHECKPOINT} (random weights): mIoU drop not '
@@ -433,13 +433,13 @@ def _bench_model_set(quick: bool) -> dict[str, object]:
     Returns fp32 / int8 (onnxruntime QDQ, when present) paths, the checkpoint for the torch
     row (when there is one), a description and, for exported random weights, the report."""
     from semseg_ros.engines.openvino_engine import openvino_int8_path
-    from training.export import variant_path
+    from semseg_ros.training_half import training_module
 
     if INFERENCE_MODEL['random_weights']:
         models = bench_models(Path('runs/bench/models'), eval_frames=4 if quick else 16)
         return {**models, 'what': f'RANDOM weights ({models["checkpoint"]})'}
     fp32 = Path(INFERENCE_MODEL['model'] or SHIPPED_MODEL)
-    int8 = variant_path(fp32, 'int8')
+    int8 = training_module('export').variant_path(fp32, 'int8')
     checkpoint = BENCH_CHECKPOINT if BENCH_CHECKPOINT.is_file() else None
     return {
         'fp32': str(fp32),
@@ -455,8 +455,9 @@ def _synthetic_miou(path: str, backend: str, frames: int) -> float:
     model's own input spec), against the generator's labels."""
     from semseg_ros.metrics import ConfusionMatrix
     from semseg_ros.segmenter import Segmenter
-    from training.data.synthetic import render_frame
+    from semseg_ros.training_half import training_module
 
+    render_frame = training_module('data.synthetic').render_frame
     segmenter = Segmenter.from_model(path, device='cpu', **_backend_options(backend))
     cm = ConfusionMatrix(segmenter.class_set.num_classes)
     for i in range(frames):

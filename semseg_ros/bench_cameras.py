@@ -169,7 +169,10 @@ def _replay_items(replays: dict[str, subprocess.Popen]) -> list[tuple[str, subpr
 def bench_cameras(*, quick: bool = False) -> list[Any]:
     """Rows for ``semseg bench``: 1 camera, then 2, each its own graph."""
     from semseg_ros.bench import SHIPPED_MODEL, Row
-    from training.data.synthetic import SynthConfig, generate_dataset
+    from semseg_ros.training_half import training_module
+
+    synthetic = training_module('data.synthetic')
+    SynthConfig, generate_dataset = synthetic.SynthConfig, synthetic.generate_dataset
 
     warmup_s, window_s = (3.0, 6.0) if quick else (5.0, 15.0)
     rows: list[Row] = []

@@ -3,7 +3,9 @@
 Each subcommand is the ``main(argv, prog)`` of the module that implements it, so every step
 has two doors and one implementation: ``semseg data synth ...`` and
 ``python -m training.data.synthetic ...`` run the same function.  Modules are imported only
-when their command runs, so ``semseg --help`` never imports torch.
+when their command runs, so ``semseg --help`` never imports torch.  The training half's
+commands name their module inside it (``training=True``): installed, that package is
+``semseg_ros_training`` (:mod:`semseg_ros.training_half`).
 """
 
 from __future__ import annotations
@@ -56,9 +58,15 @@ def device_arg(text: str) -> str:
 class Command:
     target: str  # 'package.module:function', called as function(argv, prog) -> int
     summary: str
+    # True: target is 'module:function' inside the training half (training_half.py).
+    training: bool = False
 
     def load(self) -> Callable[..., int]:
         module_name, func_name = self.target.split(':')
+        if self.training:
+            from semseg_ros.training_half import training_module
+
+            return getattr(training_module(module_name), func_name)
         return getattr(importlib.import_module(module_name), func_name)
 
 
@@ -67,41 +75,50 @@ CommandTree = dict[str, 'Command | CommandTree']
 COMMANDS: CommandTree = {
     'data': {
         'synth': Command(
-            'training.data.synthetic:main',
+            'data.synthetic:main',
             'write a synthetic CARLA-like dataset in the Lyft-Udacity layout',
+            training=True,
         ),
         'check': Command(
-            'training.data.check:main',
+            'data.check:main',
             'validate a dataset: counts, class frequencies, and every problem by file',
+            training=True,
         ),
         'split': Command(
-            'training.data.splits:main',
+            'data.splits:main',
             'write a train/val/test manifest (original A,B,C/D/E or seeded random split)',
+            training=True,
         ),
         'collect': Command(
-            'training.data.collect:main',
+            'data.collect:main',
             'drive a live CARLA server and record RGB + segmentation pairs in the same layout',
+            training=True,
         ),
         'show': Command(
-            'training.data.preview:main',
+            'data.preview:main',
             'draw a grid of dataset samples: image | colour label | overlay',
+            training=True,
         ),
     },
     'train': Command(
-        'training.train:main',
+        'train:main',
         'train a UNet from a YAML config (resume, TensorBoard, torchrun for multi-GPU)',
+        training=True,
     ),
     'evaluate': Command(
-        'training.evaluate:main',
+        'evaluate:main',
         'score a checkpoint on a split: IoU per class, mIoU, Lyft score, confusion matrix',
+        training=True,
     ),
     'predict': Command(
-        'training.predict:main',
+        'predict:main',
         'segment images or folders with a checkpoint: colour masks and side-by-side grids',
+        training=True,
     ),
     'export': Command(
-        'training.export:main',
+        'export:main',
         'export a checkpoint to ONNX with metadata (+ FP16, INT8); --tensorrt builds the engine',
+        training=True,
     ),
     'replay': Command(
         'semseg_ros.replay:main',
@@ -168,7 +185,14 @@ def main(argv: Sequence[str] | None = None, prog: str = 'semseg') -> int:
             return 2
         prog = f'{prog} {name}'
         if isinstance(entry, Command):
-            return int(entry.load()(args, prog) or 0)
+            try:
+                command = entry.load()
+            except ModuleNotFoundError as err:
+                if not entry.training:
+                    raise
+                print(f'{prog}: {err}', file=sys.stderr)  # what is missing, and the install
+                return 1
+            return int(command(args, prog) or 0)
         tree = entry
 
 

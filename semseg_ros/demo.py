@@ -283,10 +283,13 @@ def run_demo(
     The top-level metrics are the free-running pass's; ``metrics['lockstep']`` the lockstep
     pass's (``lockstep_pass=False`` skips it, and the contact sheet then has no confidence
     or error column)."""
-    from training.data.check import check_dataset, write_report
-    from training.data.lyft import read_label, read_rgb, scan_dataset
-    from training.data.preview import sample_sheet
-    from training.data.synthetic import generate_dataset
+    from semseg_ros.training_half import training_module
+
+    check = training_module('data.check')
+    lyft = training_module('data.lyft')
+    sample_sheet = training_module('data.preview').sample_sheet
+    generate_dataset = training_module('data.synthetic').generate_dataset
+    read_label, read_rgb, scan_dataset = lyft.read_label, lyft.read_rgb, lyft.scan_dataset
 
     if not model.is_file():
         msg = f'model {model} does not exist; build the shipped model with `make model`'
@@ -297,8 +300,8 @@ def run_demo(
 
     # The data layer: a small synthetic dataset, its check report and a sample sheet.
     data_dir = generate_dataset(out / 'data', 10, seed, progress=False)
-    report = check_dataset(data_dir)
-    write_report(report, out / 'data' / 'check')
+    report = check.check_dataset(data_dir)
+    check.write_report(report, out / 'data' / 'check')
     write_rgb(out / 'data_samples.png', sample_sheet(scan_dataset(data_dir).samples[::2], LYFT13))
 
     # The graph: a synthetic drive through replay -> node -> recorder, free running.

@@ -190,8 +190,10 @@ def train_resume_export(out: Path, log: Callable[[str], None], seconds: float) -
     """~``seconds`` of ``gpu.yaml`` (AMP, channels_last) on synthetic data, resumed, exported."""
     run = out / 'train'
     data = out / 'data'
+    from semseg_ros.training_half import module_name
+
     common = [
-        sys.executable, '-m', 'training.train', '--config', 'gpu', '--out', str(run),
+        sys.executable, '-m', module_name('train'), '--config', 'gpu', '--out', str(run),
         '--no-progress', '--set', f'data.data_dir={data}', 'data.synthetic.frames=120',
         'data.split=random', 'data.split_sizes=[0.8,0.1,0.1]', 'data.num_workers=4',
         'data.input_size=[800,600]', 'train.batch_size=8', 'train.checkpoint_every_steps=20',
@@ -205,7 +207,7 @@ def train_resume_export(out: Path, log: Callable[[str], None], seconds: float) -
         return {'status': 'failed', 'stage': 'resume', **second}
     checkpoint = run / 'best.pt' if (run / 'best.pt').is_file() else run / 'last.pt'
     onnx = out / 'model.onnx'
-    cmd = [sys.executable, '-m', 'training.export', '--checkpoint', str(checkpoint)]
+    cmd = [sys.executable, '-m', module_name('export'), '--checkpoint', str(checkpoint)]
     third = _run([*cmd, '--out', str(onnx)], log, timeout=120)
     if third['status'] != 'ok':
         return {'status': 'failed', 'stage': 'export', **third}
@@ -216,8 +218,9 @@ def rendered_frames(count: int, size: tuple[int, int] = (800, 600)) -> list[Any]
     """``count`` synthetic CARLA-like bgra8 frames (the training half's renderer)."""
     import cv2
 
-    from training.data.synthetic import render_frame
+    from semseg_ros.training_half import training_module
 
+    render_frame = training_module('data.synthetic').render_frame
     frames = []
     for index in range(count):
         rgb = render_frame(0, index)[0]  # (600, 800, 3) uint8 RGB
@@ -494,12 +497,12 @@ def parse_onnx(trt: Any, path: Path) -> dict[str, Any]:
     """TensorRT's ONNX parser on ``path`` (no engine build), once per network mode (weakly
     typed, and strongly typed where this TensorRT has it): parsed or not, the parser's errors
     with the node each one is about, the network's outputs, and the Pad / ArgMax / Cast
-    layers; plus the ONNX's own Pad facts (:func:`training.export.pad_inputs`)."""
+    layers; plus the ONNX's own Pad facts (``pad_inputs`` of the training half's ``export``)."""
     result: dict[str, Any] = {'path': str(path)}
     try:
-        from training.export import pad_inputs
+        from semseg_ros.training_half import training_module
 
-        result['onnx_pads'] = pad_inputs(path)
+        result['onnx_pads'] = training_module('export').pad_inputs(path)
     except Exception as err:
         result['onnx_pads'] = f'not inspected: {err!r}'
     logger = trt.Logger(trt.Logger.WARNING)

@@ -139,12 +139,13 @@ class DatasetSource:
         seg_class_set: ClassSet | str | None = BRIDGE_SEG_CLASS_SET,
     ) -> None:
         from semseg_ros.labels import ClassSetError, get_class_set, mapping_lut
-        from training.data.lyft import DatasetError, dataset_class_set, scan_dataset
+        from semseg_ros.training_half import training_module
 
+        self._lyft = lyft = training_module('data.lyft')  # the reader, once per source
         try:
-            scan = scan_dataset(root)
-            self.class_set: ClassSet = dataset_class_set(root)
-        except DatasetError as err:
+            scan = lyft.scan_dataset(root)
+            self.class_set: ClassSet = lyft.dataset_class_set(root)
+        except lyft.DatasetError as err:
             raise ReplayError(str(err)) from err
         try:
             self.seg_class_set = get_class_set(seg_class_set or self.class_set)
@@ -166,13 +167,11 @@ class DatasetSource:
         return len(self.samples)
 
     def frame(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        from training.data.lyft import read_label, read_rgb
-
         sample = self.samples[index]
-        bgra = from_rgb(read_rgb(sample.rgb), 'bgra8')  # (H, W, 4)
+        bgra = from_rgb(self._lyft.read_rgb(sample.rgb), 'bgra8')  # (H, W, 4)
         if not self.labels:
             return bgra, None
-        colors = self._seg_colors[read_label(sample.label)]  # (H, W, 3) RGB
+        colors = self._seg_colors[self._lyft.read_label(sample.label)]  # (H, W, 3) RGB
         return bgra, from_rgb(colors, 'bgra8')
 
 

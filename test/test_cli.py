@@ -68,3 +68,18 @@ assert 'torch' not in sys.modules, 'torch was imported'
 """
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_training_command_without_its_dependencies_names_the_install():
+    # torch is missing: `semseg train` says so and how to install it, without a traceback.
+    code = """
+import sys
+sys.modules['torch'] = None  # an import of torch now fails as if it were not installed
+from semseg_ros.cli import main
+sys.exit(main(['train', '--help']))
+"""
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert 'semseg train: ' in result.stderr and 'torch' in result.stderr
+    assert 'pip install semseg_ros[train]' in result.stderr
+    assert 'Traceback' not in result.stderr

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -87,4 +88,108 @@ def test_colcon_build_installs_package_config_and_entry_point(tmp_path):
     )
     assert help_run.returncode == 0, help_run.stderr
     assert 'data' in help_run.stdout
-    assert (site / 'training' / 'data').is_dir()
+    # The training half installs as semseg_ros_training, never as a top-level `training`.
+    assert (site / 'semseg_ros_training' / 'data').is_dir()
+    assert (site / 'semseg_ros_training' / 'configs' / 'cpu.yaml').is_file()
+    assert not (site / 'training').exists()
+
+
+# What a wheel needs to build: setup.py's inputs (package data, data_files, the README).
+WHEEL_SOURCES = [
+    'setup.py', 'setup.cfg', 'pyproject.toml', 'README.md', 'package.xml',
+    'resource', 'launch', 'config', 'models', 'semseg_ros', 'training',
+]  # fmt: skip
+
+# Run inside the installed copy, next to a decoy top-level `training` that raises on import.
+INSTALLED_CHECK = """
+import contextlib, importlib, io, sys
+from pathlib import Path
+site = Path(sys.argv[1]).resolve()
+from semseg_ros.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(['--help']) == 0
+assert 'torch' not in sys.modules, 'semseg --help imported torch'
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        code = main(['export', '--help'])
+    except SystemExit as exit_info:
+        code = exit_info.code
+assert code == 0 and out.getvalue().startswith('usage: semseg export'), out.getvalue()
+from semseg_ros.training_half import package_name, training_module
+assert package_name() == 'semseg_ros_training', package_name()
+for name in ('semseg_ros', 'semseg_ros_training.export', 'semseg_ros_training.train'):
+    module = importlib.import_module(name)
+    assert site in Path(module.__file__).resolve().parents, (name, module.__file__)
+assert training_module('config').load_config('cpu').model is not None  # configs/ shipped
+assert 'training' not in sys.modules, 'the decoy training package was imported'
+print('installed copy ok')
+"""
+
+
+def test_wheel_installs_training_half_as_semseg_ros_training(tmp_path):
+    """The wheel holds semseg_ros_training/ and no top-level training/; installed next to
+    another distribution's `training`, the CLI's training commands use semseg_ros_training."""
+    pytest.importorskip('torch', reason='the installed check runs `semseg export --help`')
+    src = tmp_path / 'src'  # a clean copy: no stale build/ of the checkout ends up in the wheel
+    src.mkdir()
+    ignore = shutil.ignore_patterns('__pycache__', '*.pyc', '*.engine')
+    for name in WHEEL_SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=ignore)
+        else:
+            shutil.copy2(REPO / name, src / name)
+    pip = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '--no-input']
+    dist = tmp_path / 'dist'
+    build = subprocess.run(
+        [*pip, 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(dist), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = dist.glob('semseg_ros-*.whl')
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split('/')[0] for name in archive.namelist()}
+        names = set(archive.namelist())
+    assert 'training' not in tops
+    assert {'semseg_ros', 'semseg_ros_training'} <= tops
+    for module in ('train.py', 'export.py', 'data/synthetic.py', 'configs/cpu.yaml'):
+        assert f'semseg_ros_training/{module}' in names
+
+    site = tmp_path / 'site'
+    install = subprocess.run(
+        [*pip, 'install', '--no-deps', '--no-compile', '-q', '--target', str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert not (site / 'training').exists()
+    # Another distribution's top-level `training`, in the same site-packages.
+    (site / 'training').mkdir()
+    (site / 'training' / '__init__.py').write_text(
+        "raise ImportError('decoy: another distribution owns this training package')\n"
+    )
+    env = {**os.environ, 'PYTHONPATH': str(site)}
+    check = subprocess.run(
+        [sys.executable, '-c', INSTALLED_CHECK, str(site)],
+        cwd=tmp_path,  # not the checkout: its training/ must not be importable
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert 'installed copy ok' in check.stdout
+    # The console script pip wrote runs a training-half command from the installed copy.
+    script = subprocess.run(
+        [sys.executable, str(site / 'bin' / 'semseg'), 'data', 'synth', '--help'],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert script.returncode == 0, script.stderr
+    assert script.stdout.startswith('usage: semseg data synth')

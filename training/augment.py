@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from semseg_ros.pipeline import resize_image, resize_label
-from training.config import AugmentConfig
+
+from .config import AugmentConfig
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -21,7 +21,8 @@ from semseg_ros.labels import ClassSet, ClassSetError, class_set_from_dict
 from semseg_ros.model_file import ModelInfo
 from semseg_ros.pipeline import InputSpec, Normalization
 from semseg_ros.staged_output import remove_stale_temporaries, temporary_for
-from training.model import UNet, UNetConfig, build_model
+
+from .model import UNet, UNetConfig, build_model
 
 #: Bumped when the stored layout changes incompatibly.
 CHECKPOINT_FORMAT = 1

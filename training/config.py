@@ -29,9 +29,10 @@ from typing import Any, Literal, Union
 import yaml
 
 from semseg_ros.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalization
-from training.data.lyft import LabelTransform
-from training.losses import LOSS_NAMES
-from training.model import PRESETS, UNetConfig, preset
+
+from .data.lyft import LabelTransform
+from .losses import LOSS_NAMES
+from .model import PRESETS, UNetConfig, preset
 
 #: The config ``semseg train`` uses when no ``--config`` is given.
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'

@@ -22,10 +22,11 @@ from torch.utils.data import Dataset, Sampler
 
 from semseg_ros.labels import ClassSet
 from semseg_ros.pipeline import Normalization, resize_image, resize_label
-from training.augment import augment_pair, sample_rng
-from training.config import AugmentConfig
-from training.data.lyft import DatasetError, LabelTransform, Sample, load_pair
-from training.data.splits import Manifest
+
+from .augment import augment_pair, sample_rng
+from .config import AugmentConfig
+from .data.lyft import DatasetError, LabelTransform, Sample, load_pair
+from .data.splits import Manifest
 
 
 def split_samples(manifest: Manifest, split: str, manifest_path: str | Path) -> list[Sample]:

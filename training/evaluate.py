@@ -49,8 +49,9 @@ from semseg_ros.metrics import (
 )
 from semseg_ros.model_file import ModelFileError, unverified_warning
 from semseg_ros.segmenter import Segmenter
-from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from training.data.lyft import (
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .data.lyft import (
     DatasetError,
     LabelTransform,
     Sample,
@@ -59,7 +60,7 @@ from training.data.lyft import (
     read_rgb,
     scan_dataset,
 )
-from training.data.splits import (
+from .data.splits import (
     DEFAULT_FRACTIONS,
     SPLIT_NAMES,
     load_manifest,
@@ -470,7 +471,7 @@ def evaluate(
 
 def write_report(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """``metrics.json``, ``confusion_matrix.png`` and ``iou_per_class.png`` in ``out_dir``."""
-    from training.plots import plot_confusion_matrix, plot_iou_per_class
+    from .plots import plot_confusion_matrix, plot_iou_per_class
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,8 @@ from semseg_ros.model_file import (
 )
 from semseg_ros.pipeline import InputSpec, prepare
 from semseg_ros.staged_output import remove_stale_temporaries, temporary_for
-from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 DEFAULT_OPSET = 17
 INPUT_NAME = 'image'
@@ -449,8 +450,8 @@ def calibration_frames(
     checkpoint: Checkpoint, checkpoint_path: Path, count: int, split: str = 'train'
 ) -> tuple[list[np.ndarray], ClassSet]:
     """Up to ``count`` RGB frames of the checkpoint's training split, evenly spaced."""
-    from training.data.lyft import read_rgb
-    from training.evaluate import data_source_from_checkpoint, load_split
+    from .data.lyft import read_rgb
+    from .evaluate import data_source_from_checkpoint, load_split
 
     source = data_source_from_checkpoint(checkpoint, checkpoint_path)
     if source is None:
@@ -616,7 +617,8 @@ def int8_miou_drop(
     through the :class:`~semseg_ros.segmenter.Segmenter` on onnxruntime (CPU), labels as
     stored."""
     from semseg_ros.segmenter import Segmenter
-    from training.evaluate import EvaluationError, data_source_from_checkpoint, load_split, score
+
+    from .evaluate import EvaluationError, data_source_from_checkpoint, load_split, score
 
     source = data_source_from_checkpoint(checkpoint, checkpoint_path)
     if source is None:
@@ -842,7 +844,7 @@ def _openvino_int8(args: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
     """``--openvino-int8``: calibration frames from the checkpoint's training split or the
     synthetic generator, then :func:`quantize_openvino_int8`."""
     if args.calibration_synth_seed is not None:
-        from training.data.synthetic import render_frame
+        from .data.synthetic import render_frame
 
         seed, count = args.calibration_synth_seed, args.calibration_frames
         frames = [render_frame(seed, i)[0] for i in range(count)]

@@ -30,8 +30,9 @@ from semseg_ros.labels import ClassSet, ClassSetError, get_class_set, remap
 from semseg_ros.model_file import ModelFileError
 from semseg_ros.segmenter import Segmenter
 from semseg_ros.visualize import caption, contact_sheet, label_panel, legend, overlay, write_rgb
-from training.checkpoint import CheckpointError
-from training.data.lyft import DatasetError, read_label, read_rgb
+
+from .checkpoint import CheckpointError
+from .data.lyft import DatasetError, read_label, read_rgb
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 #: What each image produces in ``--out``: ``NAME`` + suffix.

@@ -22,6 +22,9 @@ from pathlib import Path
 
 if __package__ in (None, ''):  # `python3 training/train.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import training  # noqa: F401 - the package the relative imports below resolve in
+
+    __package__ = 'training'
 
 import argparse
 import gc
@@ -46,36 +49,37 @@ from semseg_ros.cli import parse_args
 from semseg_ros.devices import torch_device
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 from semseg_ros.metrics import ConfusionMatrix
-from training.checkpoint import (
+
+from .checkpoint import (
     Checkpoint,
     CheckpointError,
     check_compatible,
     load_checkpoint,
     save_checkpoint,
 )
-from training.config import (
+from .config import (
     DEFAULT_CONFIG,
     Config,
     ConfigError,
     load_config,
     save_config,
 )
-from training.data.lyft import DatasetError, scan_dataset
-from training.data.splits import (
+from .data.lyft import DatasetError, scan_dataset
+from .data.splits import (
     Manifest,
     load_manifest,
     make_split,
     resolve_method,
     write_manifest,
 )
-from training.datasets import (
+from .datasets import (
     EpochSampler,
     SegmentationDataset,
     class_pixel_counts,
     split_samples,
 )
-from training.losses import CombinedLoss, build_loss, class_weights_from_frequencies
-from training.model import UNet, build_model, count_parameters
+from .losses import CombinedLoss, build_loss, class_weights_from_frequencies
+from .model import UNet, build_model, count_parameters
 
 LOG_FILE = 'log.jsonl'
 SUMMARY_FILE = 'summary.json'
@@ -210,7 +214,7 @@ def train_device(requested: str, info: DistInfo = DistInfo()) -> torch.device:
 
 def generate_synthetic(config: Config, *, progress: bool = True) -> None:
     """Write ``config.data.synthetic`` frames into the (missing) ``data.data_dir``."""
-    from training.data import synthetic
+    from .data import synthetic
 
     syn = config.data.synthetic
     assert syn is not None and config.data.data_dir is not None
@@ -279,7 +283,7 @@ def prepare_manifest(
         except ValueError as err:
             raise ConfigError(f'data.split / data.split_sizes: {err}') from err
         seed = None if method == 'original' else data.split_seed
-        from training.data.lyft import dataset_class_set
+        from .data.lyft import dataset_class_set
 
         class_set = get_class_set(data.class_set) if data.class_set else dataset_class_set(root)
         write_manifest(path, root, splits, class_set=class_set, method=method, seed=seed)

@@ -69,19 +69,22 @@ def load_checkpoint_model(path: str | Path) -> tuple[Any, ModelInfo]:
     """(UNet in eval mode on CPU, ModelInfo) from a training checkpoint.
 
     The one import of the training half by the runtime core, lazy and of one small module
-    (``training.checkpoint``: the checkpoint format and the UNet it rebuilds).
+    (its ``checkpoint``: the checkpoint format and the UNet it rebuilds), through
+    :func:`semseg_ros.training_half.training_module`.
     """
+    from semseg_ros.training_half import INSTALL_HINT, training_module
+
     _import_torch()
     try:
-        from training.checkpoint import CheckpointError, load_checkpoint
+        checkpoints = training_module('checkpoint')
     except ImportError as err:
-        msg = 'backend torch needs the training package: pip install -e .[train]'
+        msg = f'backend torch needs the training half of semseg_ros: {INSTALL_HINT} ({err})'
         raise BackendUnavailableError(msg) from err
     try:
-        checkpoint = load_checkpoint(path)
+        checkpoint = checkpoints.load_checkpoint(path)
         info = checkpoint.model_info(path)
         return checkpoint.build_model('cpu'), info
-    except CheckpointError as err:
+    except checkpoints.CheckpointError as err:
         raise EngineError(f'{path}: {err}' if str(path) not in str(err) else str(err)) from err
 
 

@@ -26,7 +26,8 @@ import numpy as np
 from semseg_ros.cli import parse_args, positive_int
 from semseg_ros.dataset_layout import DATASET_INFO, IMAGE_DIR, LABEL_DIR
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
-from training.data.lyft import (
+
+from .lyft import (
     DatasetError,
     dataset_class_set,
     read_dataset_info,

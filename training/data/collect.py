@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from training.data.carla_io import (
+from .carla_io import (
     COLLECTOR_VERSION,
     CollectError,
     DatasetWriter,

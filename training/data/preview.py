@@ -14,7 +14,8 @@ import numpy as np
 
 from semseg_ros.labels import ClassSet
 from semseg_ros.visualize import contact_sheet, fit_width, label_panel, legend, write_rgb
-from training.data.lyft import Sample, dataset_class_set, read_label, read_rgb, scan_dataset
+
+from .lyft import Sample, dataset_class_set, read_label, read_rgb, scan_dataset
 
 
 def sample_sheet(

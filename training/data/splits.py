@@ -40,7 +40,8 @@ from semseg_ros.labels import (
     class_set_from_dict,
     get_class_set,
 )
-from training.data.lyft import (
+
+from .lyft import (
     DatasetError,
     Sample,
     dataset_class_set,
