@@ -58,10 +58,10 @@ def stamp_to_ns(stamp: Stamp) -> int:
 
 
 class LatencyStats:
-    """Rolling latency percentiles and rate over the last ``window`` samples (seconds).
+    """Rolling latency percentiles over the last ``window`` samples (seconds).
 
     The node's latency and processing-time statistic (``/diagnostics``, in
-    :mod:`semseg_ros.node_core`). Thread-safe: the node's worker adds while its diagnostics
+    :mod:`semseg_ros.node.diagnostics`). Thread-safe: the node's worker adds while its diagnostics
     timer reads. ``add`` is O(1); the read-outs copy and sort the window.
     """
 
@@ -69,15 +69,13 @@ class LatencyStats:
         if window < 1:
             raise ValueError(f'window must be >= 1, got {window}')
         self._samples: deque[float] = deque(maxlen=window)
-        self._stamps: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
         self.count = 0
         self.max = float('nan')  # the largest sample ever added, not only in the window
 
-    def add(self, seconds: float, *, stamp: float | None = None) -> None:
+    def add(self, seconds: float) -> None:
         with self._lock:
             self._samples.append(float(seconds))
-            self._stamps.append(time.monotonic() if stamp is None else stamp)
             self.count += 1
             if not seconds <= self.max:  # NaN before the first sample
                 self.max = float(seconds)
@@ -102,29 +100,6 @@ class LatencyStats:
     @property
     def p99(self) -> float:
         return self.percentile(99)
-
-    def rate(self) -> float:
-        """Samples per second over the window's time span (NaN with < 2 samples)."""
-        with self._lock:
-            stamps = list(self._stamps)
-        if len(stamps) < 2 or stamps[-1] <= stamps[0]:
-            return float('nan')
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
-
-    def summary(self, scale: float = 1e3) -> dict[str, float]:
-        """p50 / p90 / p99 / mean / max (milliseconds by default) and the count."""
-        values = self._values() * scale
-        if not values.size:
-            return {'count': 0}
-        p50, p90, p99 = np.percentile(values, [50, 90, 99])
-        return {
-            'count': self.count,
-            'p50': float(p50),
-            'p90': float(p90),
-            'p99': float(p99),
-            'mean': float(values.mean()),
-            'max': float(values.max()),
-        }
 
 
 class SimTimeGaps:
