@@ -654,6 +654,66 @@ def bench_cameras(*, quick: bool = False) -> list[Row]:
     return run(quick=quick)
 
 
+def bench_threads(*, quick: bool = False) -> list[Row]:
+    """The node's threads on this CPU: the real node (backend auto, the shipped model and
+    params file) under 800x600 bgra8 at 30 Hz from a bridge-like publisher (the soak
+    harness), for engine threads x OpenCV threads at 1 and all cores; the settings are
+    interleaved in rounds so load from other work falls on all alike. numpy needs no
+    setting: the per-frame path makes no BLAS call, and its element-wise ops run on the
+    calling thread. The node's defaults (``threads``, ``opencv_threads``) should be the
+    fastest row, within noise.
+    """
+    import os
+
+    from semseg_ros.node.params import DEFAULT_ENGINE_THREADS, DEFAULT_OPENCV_THREADS
+    from semseg_ros.soak import run_soak
+
+    cores = os.cpu_count() or 1
+    counts = sorted({1, cores})
+    settings = [(engine, opencv) for engine in counts for opencv in counts]
+    default = (DEFAULT_ENGINE_THREADS or cores, DEFAULT_OPENCV_THREADS or cores)
+    if quick:
+        settings = [default, (cores, cores) if default != (cores, cores) else (1, 1)]
+    rounds, seconds = (1, 5.0) if quick else (2, 15.0)
+    reports: dict[tuple[int, int], list[Any]] = {s: [] for s in settings}
+    load = os.getloadavg()[0]
+    for round_index in range(rounds):
+        order = settings[round_index % len(settings) :] + settings[: round_index % len(settings)]
+        for engine, opencv in order:
+            params = {'backend': 'auto', 'device': 'cpu', 'threads': engine,
+                      'opencv_threads': opencv}  # fmt: skip
+            reports[(engine, opencv)].append(
+                run_soak(seconds, warmup_s=seconds, node_params=params)
+            )
+    rows = [Row('threads', 'load average (1 min) at start', load, '', None,
+                f'{cores} CPU threads; {rounds} x {seconds:.0f} s per setting')]  # fmt: skip
+    processing = {}
+    for setting, runs in reports.items():
+        p50 = float(np.median([r.latency_ms['processing_p50'] for r in runs]))
+        processing[setting] = p50
+        hz = float(np.median([r.output_rate_hz for r in runs]))
+        published = sum(r.counts.get('published', 0) for r in runs)
+        cpu_ms = 1e3 * sum(r.node_cpu_s for r in runs) / max(1, published)
+        e2e = float(np.median([r.latency_ms['stamp_to_publish_p50'] for r in runs]))
+        note = (
+            f'output {hz:.1f} Hz of 30; stamp-to-publish p50 {e2e:.1f} ms; node CPU '
+            f'{cpu_ms:.0f} ms per published frame (all its threads)'
+            + ('; the node default' if setting == default else '')
+        )
+        rows.append(
+            Row('threads', f'engine {setting[0]} / OpenCV {setting[1]}: processing p50', p50,
+                'ms', None, note)
+        )  # fmt: skip
+    best = min(processing, key=processing.get)
+    ratio = processing[best] / processing[default] if default in processing else float('nan')
+    rows.append(
+        Row('threads', f'default (engine {default[0]} / OpenCV {default[1]}) vs the best '
+            f'(engine {best[0]} / OpenCV {best[1]})', ratio, 'x', None,
+            _target(ratio, ratio >= 0.95, '>= 1x (5 % noise)'))
+    )  # fmt: skip
+    return rows
+
+
 SECTIONS: dict[str, Callable[..., list[Row]]] = {
     'labels': bench_labels,
     'synth': bench_synth,
@@ -661,6 +721,7 @@ SECTIONS: dict[str, Callable[..., list[Row]]] = {
     'inference': bench_inference,
     'gpu': bench_gpu,
     'cameras': bench_cameras,
+    'threads': bench_threads,
 }
 
 

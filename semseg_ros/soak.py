@@ -70,6 +70,7 @@ class SoakReport:
     latency_bound_ms: float = float('nan')
     output_rate_hz: float = float('nan')
     masks_received: int = 0
+    node_cpu_s: float = float('nan')  # the node's CPU seconds (all threads) while streaming
     exit_code: int | None = None
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     node_log_tail: str = ''
@@ -125,6 +126,15 @@ class SoakReport:
         return ', '.join(f'{t:.0f} s {mb:.0f} MB' for t, mb in picks)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far, all threads (Linux /proc); NaN once gone."""
+    try:
+        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    except OSError:
+        return float('nan')
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid`` in MB (Linux /proc); NaN once it is gone."""
     try:
@@ -166,12 +176,18 @@ def _leased_domain_id() -> Iterator[int]:
     raise RuntimeError(f'every ROS domain id in {DOMAIN_IDS} is leased; see {lock_dir}')
 
 
-def _node_command(model: Path, extra: list[str]) -> list[str]:
+#: The soak's node parameters over the shipped params file: onnxruntime FP32 on the CPU, an
+#: engine slower than the 30 Hz input (``node_params`` of :func:`run_soak` replaces them).
+SOAK_PARAMS = {'backend': 'onnxruntime', 'device': 'cpu'}
+
+
+def _node_command(model: Path, params: dict[str, object]) -> list[str]:
+    overrides = [arg for name, value in {'model_path': model, **params}.items()
+                 for arg in ('-p', f'{name}:={value}')]  # fmt: skip
     return [
         sys.executable, '-m', 'semseg_ros.node', '--ros-args',
-        '--params-file', str(REPO / 'config' / 'semseg.yaml'),
-        '-p', f'model_path:={model}', '-p', 'backend:=onnxruntime', '-p', 'device:=cpu',
-        '-r', f'image:={CAMERA}', *extra,
+        '--params-file', str(REPO / 'config' / 'semseg.yaml'), *overrides,
+        '-r', f'image:={CAMERA}',
     ]  # fmt: skip
 
 
@@ -182,8 +198,10 @@ def run_soak(
     model: Path = REPO / 'models' / 'semseg_demo.onnx',
     domain_id: int | None = None,
     rss_period_s: float = 5.0,
+    node_params: dict[str, object] | None = None,
 ) -> SoakReport:
-    """Run the node for ``duration_s`` under 30 Hz input; see the module docstring."""
+    """Run the node for ``duration_s`` under 30 Hz input; see the module docstring.
+    ``node_params``: node parameters instead of :data:`SOAK_PARAMS` (the thread study)."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -193,14 +211,15 @@ def run_soak(
     if domain_id is None:
         with _leased_domain_id() as leased:
             return run_soak(duration_s, warmup_s=warmup_s, model=model, domain_id=leased,
-                            rss_period_s=rss_period_s)  # fmt: skip
+                            rss_period_s=rss_period_s, node_params=node_params)  # fmt: skip
     env = isolated_environment(domain_id)
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
     env['PYTHONUNBUFFERED'] = '1'
     report = SoakReport(duration_s, warmup_s, Path(model).name)
     node_log: list[str] = []
     node = subprocess.Popen(
-        _node_command(Path(model), []), env=env, cwd=REPO, text=True,
+        _node_command(Path(model), SOAK_PARAMS if node_params is None else node_params),
+        env=env, cwd=REPO, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     pump = threading.Thread(target=lambda: node_log.extend(node.stdout), daemon=True)
@@ -249,6 +268,7 @@ def run_soak(
         data.frombytes(pixels.tobytes())
         msg.data = data
         start = time.monotonic()
+        cpu_start = cpu_seconds(node.pid)
         next_rss = 0.0
         period = 1.0 / RATE_HZ
         k = 0
@@ -268,6 +288,7 @@ def run_soak(
             k += 1
             time.sleep(max(0.0, start + k * period - time.monotonic()))
         report.rss_mb.append((time.monotonic() - start, rss_mb(node.pid)))
+        report.node_cpu_s = cpu_seconds(node.pid) - cpu_start
         camera.wait_for_all_acked(rclpy.duration.Duration(seconds=5))
         time.sleep(1.0)  # the last frame through
         before = len(reports)

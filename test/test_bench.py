@@ -64,3 +64,14 @@ def test_cameras_section_runs_one_node_process_per_camera(tmp_path):
         assert rows[f'{camera} output']['median'] > 0, rows  # every node published masks
         assert rows[f'{camera} node CPU']['median'] > 0
         assert 0 <= rows[f'{camera} stale drops']['median'] <= 100
+
+
+@pytest.mark.slow
+def test_threads_section_runs_the_node_at_its_default_and_another_setting(tmp_path):
+    pytest.importorskip('rclpy', reason='ROS 2 is not installed: pip install -e .[ros]')
+    rows = {r['case']: r for r in run(tmp_path, 'threads')}
+    settings = [r for case, r in rows.items() if case.endswith('processing p50')]
+    assert len(settings) == 2 and all(r['median'] > 0 for r in settings)
+    assert sum('the node default' in r['note'] for r in settings) == 1
+    verdict = next(r for case, r in rows.items() if case.startswith('default ('))
+    assert verdict['unit'] == 'x' and 'target >= 1x' in verdict['note']

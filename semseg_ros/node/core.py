@@ -353,8 +353,15 @@ def load_segmenter(params: NodeParams) -> Any:
         raise NodeStartupError(msg)
     from semseg_ros.segmenter import Segmenter  # deferred: loads the inference backend
 
+    if params.opencv_threads:
+        import cv2
+
+        cv2.setNumThreads(params.opencv_threads)  # the whole process: the node's own
+    threads = {'threads': params.threads} if params.threads else {}
     try:
-        segmenter = Segmenter.from_model(path, backend=params.backend, device=params.device)
+        segmenter = Segmenter.from_model(
+            path, backend=params.backend, device=params.device, **threads
+        )
     except (OSError, ValueError, RuntimeError, ImportError, KeyError) as err:
         msg = f'cannot load model_path {str(path)!r} (backend {params.backend}): {err}'
         raise NodeStartupError(msg) from err

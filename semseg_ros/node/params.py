@@ -36,6 +36,11 @@ DIAGNOSTICS_PERIOD_S = 1.0
 #: subscribers (rviz2's default, rosbag record) and best-effort ones both match.
 OUTPUT_QOS_DEPTH = 10
 
+#: Thread defaults, measured with the node on the 2-core CPU (semseg bench --only threads):
+#: the engine on every core and OpenCV on the worker alone. 0 = the library's own default.
+DEFAULT_ENGINE_THREADS = 0
+DEFAULT_OPENCV_THREADS = 1
+
 COLOR_ENCODINGS = ('rgb8', 'bgr8')
 QOS_RELIABILITIES = ('best_available', 'reliable', 'best_effort')
 INPUT_TRANSPORTS = ('raw', 'compressed')
@@ -73,6 +78,18 @@ class NodeParams:
         'OpenVINO for an FP32 ONNX, else onnxruntime. The log says what it chose and why.',
     )
     device: str = _param('auto', 'Device: auto, cpu, cuda or cuda:<index>.')
+    threads: int = _param(
+        DEFAULT_ENGINE_THREADS,
+        'Inference threads of a CPU engine (OpenVINO, onnxruntime, PyTorch). 0 = the '
+        "engine's own default (the physical cores). The default is what measured best for the "
+        'node on 2 cores (semseg bench --only threads).',
+    )
+    opencv_threads: int = _param(
+        DEFAULT_OPENCV_THREADS,
+        "OpenCV's threads for the node's resizes, colour conversion and overlay. 0 = OpenCV's "
+        'default (every core); 1 = none beside the worker, so they do not compete with the '
+        'engine and the executor. The default measured best (semseg bench --only threads).',
+    )
     class_set: str = _param(
         '',
         "Class set for the palette: empty = the model's own (from its metadata); else a "
@@ -153,6 +170,10 @@ class NodeParams:
             msg = f'sim_tick_s {self.sim_tick_s} is negative: use e.g. 0.05, or 0 to disable'
             raise ParamError(msg)
         object.__setattr__(self, 'sim_tick_s', float(self.sim_tick_s))
+        for name in ('threads', 'opencv_threads'):
+            if getattr(self, name) < 0:
+                msg = f'{name} {getattr(self, name)} is negative: use 0 (the default) or a count'
+                raise ParamError(msg)
         if self.qos_depth < 1:
             msg = f'qos_depth {self.qos_depth} must be at least 1 (1 = newest frame only)'
             raise ParamError(msg)
