@@ -36,10 +36,13 @@ DIAGNOSTICS_PERIOD_S = 1.0
 #: subscribers (rviz2's default, rosbag record) and best-effort ones both match.
 OUTPUT_QOS_DEPTH = 10
 
-#: Thread defaults, measured with the node on the 2-core CPU (semseg bench --only threads):
-#: the engine on every core and OpenCV on the worker alone. 0 = the library's own default.
+#: Thread defaults, measured with the node on the 2-core CPU (semseg bench --only threads,
+#: the real node under 30 Hz input): the engine and OpenCV each on every core gave the
+#: lowest processing time (13.4 ms p50 vs 17-25 ms for the settings with 1 thread in either);
+#: they run one after the other on the worker, so they do not oversubscribe the cores.
+#: 0 = the library's own default (every core).
 DEFAULT_ENGINE_THREADS = 0
-DEFAULT_OPENCV_THREADS = 1
+DEFAULT_OPENCV_THREADS = 0
 
 COLOR_ENCODINGS = ('rgb8', 'bgr8')
 QOS_RELIABILITIES = ('best_available', 'reliable', 'best_effort')
@@ -86,9 +89,9 @@ class NodeParams:
     )
     opencv_threads: int = _param(
         DEFAULT_OPENCV_THREADS,
-        "OpenCV's threads for the node's resizes, colour conversion and overlay. 0 = OpenCV's "
-        'default (every core); 1 = none beside the worker, so they do not compete with the '
-        'engine and the executor. The default measured best (semseg bench --only threads).',
+        "OpenCV's threads for the node's resizes, colour conversion and overlay (the whole "
+        "process). 0 = OpenCV's default (every core); 1 = on the worker thread alone. The "
+        'default measured best (semseg bench --only threads).',
     )
     class_set: str = _param(
         '',
