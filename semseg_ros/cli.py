@@ -44,6 +44,14 @@ def parse_args(
         return int(err.code or 0)
 
 
+def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """A usage error found after parsing, reported as argparse reports its own (usage line,
+    ``PROG: error: MESSAGE`` on stderr), returned as its exit code 2 instead of exiting."""
+    parser.print_usage(sys.stderr)
+    print(f'{parser.prog}: error: {message}', file=sys.stderr)
+    return 2
+
+
 def device_arg(text: str) -> str:
     """argparse type for ``--device``: :func:`semseg_ros.devices.parse_device`."""
     from semseg_ros.devices import parse_device

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from semseg_ros.cli import device_arg, parse_args, positive_int
+from semseg_ros.cli import device_arg, parse_args, positive_int, usage_error
 from semseg_ros.dataset_layout import hood_row_at
 from semseg_ros.devices import DEVICE_HELP
 from semseg_ros.engines import EngineError
@@ -625,10 +625,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return args
     target = args.checkpoint if args.checkpoint is not None else args.model
     if args.model is not None and args.model.suffix not in MODEL_SUFFIXES:
-        parser.print_usage(sys.stderr)
         msg = f'--model takes {"/".join(MODEL_SUFFIXES)} files; pass a checkpoint as --checkpoint'
-        print(f'{parser.prog}: error: {msg}', file=sys.stderr)
-        return 2
+        return usage_error(parser, msg)
     try:
         metrics = evaluate(
             target,

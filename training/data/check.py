@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from semseg_ros.cli import parse_args, positive_int
+from semseg_ros.cli import parse_args, positive_int, usage_error
 from semseg_ros.dataset_layout import DATASET_INFO, IMAGE_DIR, LABEL_DIR
 from semseg_ros.labels import ClassSet, ClassSetError, get_class_set
 
@@ -502,9 +502,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if isinstance(args, int):  # --help (0) or a usage error (2)
         return args
     if not args.dir.is_dir():
-        parser.print_usage(sys.stderr)
-        print(f'{parser.prog}: error: {args.dir} is not a directory', file=sys.stderr)
-        return 2
+        return usage_error(parser, f'{args.dir} is not a directory')
     try:
         class_set = get_class_set(args.class_set) if args.class_set else None
         report = check_dataset(

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from semseg_ros.cli import parse_args
+from semseg_ros.cli import parse_args, usage_error
 from semseg_ros.labels import (
     BUILTIN_CLASS_SETS,
     ClassSet,
@@ -440,14 +440,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if isinstance(args, int):  # --help (0) or a usage error (2)
         return args
     if not args.dir.is_dir():
-        parser.print_usage(sys.stderr)
-        print(f'{parser.prog}: error: {args.dir} is not a directory', file=sys.stderr)
-        return 2
+        return usage_error(parser, f'{args.dir} is not a directory')
     if args.method == 'original' and args.sizes is not None:
-        parser.print_usage(sys.stderr)
-        msg = '--sizes applies to --method random or episodes only'
-        print(f'{parser.prog}: error: {msg}', file=sys.stderr)
-        return 2
+        return usage_error(parser, '--sizes applies to --method random or episodes only')
     try:
         class_set = (
             get_class_set(args.class_set) if args.class_set else dataset_class_set(args.dir)
