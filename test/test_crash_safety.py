@@ -10,6 +10,7 @@ The swap itself is checked exhaustively in-process (a "kill" at every step of
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -30,6 +31,7 @@ from semseg_ros.staged_output import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+FAKE_CARLA = Path(__file__).resolve().parent / 'fake_carla'  # a CARLA server in process
 SEED = int(os.environ.get('SEMSEG_KILL_SEED', '14'))
 
 
@@ -262,3 +264,67 @@ def test_semseg_record_gets_the_replaced_bag_back_after_a_kill_mid_swap(tmp_path
     recorder.close()  # an empty recording replaces it, whole
     assert sorted(p.name for p in out.iterdir()) == ['bag.mcap', 'metadata.yaml']
     assert not partial.exists() and hidden(tmp_path) == []
+
+
+def leftovers_bounded(folder: Path) -> bool:
+    """At most one leftover per output: a killed run's temporaries are cleaned by the next."""
+    names = hidden(folder)
+    return len(names) == len({name.rsplit('-', 1)[0] for name in names})
+
+
+@pytest.mark.slow
+def test_semseg_data_collect_killed_at_random_moments(tmp_path, env):
+    """The CARLA collector against a stand-in server (test/fake_carla): OUT is absent or a
+    whole dataset (every frame, dataset.json with the server's class set), never frames
+    without their dataset.json; a SIGTERM ends it like Ctrl+C (the frames so far, the
+    server put back)."""
+    from training.data.lyft import dataset_class_set, scan_dataset
+
+    server_log = tmp_path / 'server.log'
+    env = {**env, 'PYTHONPATH': os.pathsep.join([str(FAKE_CARLA), env['PYTHONPATH']]),
+           'FAKE_CARLA_TICK_S': '0.02', 'FAKE_CARLA_LOG': str(server_log)}  # fmt: skip
+    out = tmp_path / 'carla'
+    command = [sys.executable, '-m', 'semseg_ros.cli', 'data', 'collect', '--out', str(out),
+               '--frames', '30', '--width', '160', '--height', '120', '--vehicles', '0',
+               '--walkers', '0', '--warmup', '2', '--every', '1']  # fmt: skip
+
+    def frames_in(root: Path, *, complete: bool = True) -> int:
+        """The frames of a dataset that reads back whole: pairs, dataset.json, class set."""
+        info = json.loads((root / 'dataset.json').read_text())
+        scan = scan_dataset(root)
+        assert info['complete'] is complete and info['frames'] == len(scan.samples) > 0
+        assert not scan.unpaired and not scan.ignored and not list(root.rglob('.*'))
+        assert dataset_class_set(root).name == 'cityscapes29'  # CARLA 0.9.16's tags
+        return info['frames']
+
+    rng = random.Random(SEED)
+    start = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    assert frames_in(out) == 30
+    kills = 0
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        kills += kill_after(command, rng.uniform(0.4, 1.0) * seconds, env) is None
+        assert not out.exists() or frames_in(out) == 30, 'frames without their dataset'
+        assert leftovers_bounded(tmp_path), hidden(tmp_path)
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the same --out again: the kills' leftovers ...
+    assert hidden(tmp_path) == [] and frames_in(out) == 30  # ... cleaned first
+    assert kills >= 2
+
+    shutil.rmtree(out)
+    server_log.unlink()
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    assert 'recording 30 frames' in proc.stderr.readline()
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # what `timeout`, docker stop or systemd send
+    assert proc.wait(10) == 130, proc.stderr.read()
+    assert 0 < frames_in(out, complete=False) < 30 and hidden(tmp_path) == []
+    assert server_log.read_text().splitlines()[-4:] == [
+        'traffic_manager synchronous_mode=False', 'synchronous_mode=False',
+        'destroyed 2 actors', 'destroyed 1 actors',
+    ]  # fmt: skip
+    print(f'semseg data collect: {kills} of 3 runs killed ({seconds:.1f} s a run); whole or none')
