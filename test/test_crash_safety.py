@@ -10,6 +10,8 @@ The swap itself is checked exhaustively in-process (a "kill" at every step of
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -17,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -264,6 +267,112 @@ def test_semseg_record_gets_the_replaced_bag_back_after_a_kill_mid_swap(tmp_path
     recorder.close()  # an empty recording replaces it, whole
     assert sorted(p.name for p in out.iterdir()) == ['bag.mcap', 'metadata.yaml']
     assert not partial.exists() and hidden(tmp_path) == []
+
+
+def test_semseg_record_without_overwrite_keeps_a_bag_a_kill_put_aside(tmp_path, capsys):
+    """Killed between the two renames, the old bag is only in the hidden folder; a rerun
+    without --overwrite puts it back and then refuses to replace it."""
+    pytest.importorskip('rclpy')
+    from semseg_ros import record
+
+    out = tmp_path / 'bag'
+    partial = record.partial_path(out)
+    (partial / record.REPLACED).mkdir(parents=True)
+    (partial / record.REPLACED / 'metadata.yaml').write_text('the old bag')
+    argv = ['--out', str(out), '--duration', '0.1', '/image']
+    assert record.main(argv, prog='semseg record') == 1
+    assert 'pass --overwrite to replace it' in capsys.readouterr().err
+    assert (out / 'metadata.yaml').read_text() == 'the old bag'
+    assert hidden(tmp_path) == []
+
+
+@contextlib.contextmanager
+def live_camera(context, topic: str, hz: float = 50.0):
+    """A node publishing small bgra8 frames on ``topic`` at ``hz`` until the block ends."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    node = rclpy.create_node('camera', context=context)
+    publisher = node.create_publisher(Image, topic, 10)
+    stamps = itertools.count()
+
+    def publish() -> None:
+        msg = Image(height=24, width=32, encoding='bgra8', step=128, data=bytes(24 * 128))
+        msg.header.stamp.sec = next(stamps)
+        publisher.publish(msg)
+
+    node.create_timer(1.0 / hz, publish)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        executor.shutdown()
+        thread.join(5)
+        node.destroy_node()
+
+
+def kill_after_line(args: list[str], text: str, delay: float, env: dict[str, str]) -> bool:
+    """Start ``args``, SIGKILL it ``delay`` s after it printed ``text``; False if it had ended."""
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if text in line:
+            break
+    try:
+        proc.wait(delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+    finally:
+        proc.stdout.close()
+    return False
+
+
+def whole_bag(out: Path) -> int:
+    """The messages of a bag that reads back whole under its final names only."""
+    from rosbags.highlevel import AnyReader
+
+    assert sorted(p.name for p in out.iterdir()) == [f'{out.name}.mcap', 'metadata.yaml']
+    with AnyReader([out]) as reader:
+        count = sum(1 for _ in reader.messages())
+        assert count == sum(c.msgcount for c in reader.connections)  # as its index says
+    return count
+
+
+@pytest.mark.slow
+def test_semseg_record_killed_at_random_moments(tmp_path, ros_env, ros_context):
+    """``semseg record`` of a live camera, killed while it records or closes the bag: BAG is
+    absent or a whole bag; with --overwrite the old bag stays until the new one is in."""
+    out = tmp_path / 'bag'
+    command = [sys.executable, '-m', 'semseg_ros.cli', 'record', '--out', str(out),
+               '--count', '25', '--duration', '20', '/image']  # fmt: skip
+    rng = random.Random(SEED)
+    matched = '/image: 1 publisher(s) matched'  # then 25 messages take 0.5 s, and it closes
+    kills = 0
+    with live_camera(ros_context, '/image'):
+        done = subprocess.run(command, cwd=REPO, env=ros_env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert whole_bag(out) == 25, done.stdout
+        for _ in range(3):  # --overwrite killed: the old bag, or the new one whole
+            kills += kill_after_line([*command, '--overwrite'], matched, rng.uniform(0, 0.6),
+                                     ros_env)  # fmt: skip
+            assert out.exists(), 'the old bag was lost before the new one was complete'
+            assert whole_bag(out) == 25
+            assert hidden(tmp_path) in ([], ['.bag.recording']), hidden(tmp_path)
+        done = subprocess.run([*command, '--overwrite'], cwd=REPO, env=ros_env,
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert hidden(tmp_path) == [] and whole_bag(out) == 25  # the kills' leftovers cleaned
+        shutil.rmtree(out)  # a fresh BAG killed
+        kills += kill_after_line(command, matched, rng.uniform(0, 0.6), ros_env)
+        assert not out.exists() or whole_bag(out) == 25
+    assert kills >= 2
+    print(f'semseg record: {kills} of 4 runs killed while recording; never half, old kept')
 
 
 def leftovers_bounded(folder: Path) -> bool:
