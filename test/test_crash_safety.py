@@ -216,6 +216,63 @@ def test_semseg_data_synth_killed_at_random_moments(tmp_path, env):
     assert (out / 'dataset.json').is_file() and len(sorted(out.rglob('*.png'))) == 60
 
 
+@pytest.mark.slow
+def test_semseg_export_killed_at_random_moments(tmp_path, env):
+    """``semseg export`` (FP32, FP16 and the JSON report): each file is absent or whole, and an
+    export over an older one killed midway leaves a model that loads: the old or the new."""
+    import onnx
+    from test_export import make_checkpoint
+
+    from semseg_ros.model_file import read_model_info
+
+    old_checkpoint = make_checkpoint(tmp_path / 'old.pt', seed=0)
+    new_checkpoint = make_checkpoint(tmp_path / 'new.pt', seed=1)
+
+    def export(checkpoint: Path, folder: Path) -> list[str]:
+        return [sys.executable, '-m', 'semseg_ros.cli', 'export', '--checkpoint',
+                str(checkpoint), '--out', str(folder / 'model.onnx'), '--fp16', '--json',
+                str(folder / 'report.json')]  # fmt: skip
+
+    def models(folder: Path) -> dict[str, str]:
+        """The weights digest of each model under its final name (each must load whole)."""
+        found = {}
+        for name in ('model.onnx', 'model.fp16.onnx'):
+            if (folder / name).exists():
+                onnx.load(str(folder / name))  # a whole protobuf, and its weights digest holds
+                found[name] = read_model_info(folder / name).weights_sha256
+        if (folder / 'report.json').exists():
+            json.loads((folder / 'report.json').read_text())
+        assert leftovers_bounded(folder), hidden(folder)
+        return found
+
+    rng = random.Random(SEED)
+    old, fresh = tmp_path / 'old', tmp_path / 'fresh'
+    start = time.monotonic()
+    done = subprocess.run(export(old_checkpoint, old), cwd=REPO, env=env, capture_output=True)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    old_models = models(old)
+    kills = 0
+    for _ in range(2):  # a new export, killed: absent or whole
+        kills += kill_after(export(new_checkpoint, fresh), rng.uniform(0.4, 1.0) * seconds,
+                            env) is None  # fmt: skip
+        if fresh.exists():
+            models(fresh)
+    done = subprocess.run(export(new_checkpoint, fresh), cwd=REPO, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert hidden(fresh) == []  # the rerun removed what the kills left
+    new_models = models(fresh)
+    assert new_models.keys() == old_models.keys() and new_models != old_models
+    for _ in range(2):  # over the old export, killed: each model the old one or the new one
+        kills += kill_after(export(new_checkpoint, old), rng.uniform(0.4, 1.0) * seconds,
+                            env) is None  # fmt: skip
+        for name, digest in models(old).items():
+            assert digest in (old_models[name], new_models[name]), name
+        assert (old / 'model.onnx').exists(), 'the old model was lost before the new one'
+    assert kills >= 2
+    print(f'semseg export: {kills} of 4 runs killed ({seconds:.1f} s a run); whole, old kept')
+
+
 CHECKPOINT_LOOP = r"""
 import sys
 from semseg_ros.labels import LYFT13
