@@ -484,10 +484,16 @@ def test_semseg_data_collect_killed_at_random_moments(tmp_path, env):
     shutil.rmtree(out)
     server_log.unlink()
     proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    assert 'recording 30 frames' in proc.stderr.readline()
-    time.sleep(0.2)
+    staged = tmp_path / f'.carla.partial-{proc.pid}' / 'new' / 'carla'  # where frames go first
+    deadline = time.monotonic() + 20
+    while not list(staged.glob('*/CameraSeg/*.png')):
+        assert time.monotonic() < deadline and proc.poll() is None, 'no frame written'
+        time.sleep(0.01)
+    assert not out.exists()  # OUT appears when the run ends, frames and dataset.json together
+    time.sleep(rng.uniform(0, 0.2))
     proc.send_signal(signal.SIGTERM)  # what `timeout`, docker stop or systemd send
     assert proc.wait(10) == 130, proc.stderr.read()
+    proc.stderr.close()
     assert 0 < frames_in(out, complete=False) < 30 and hidden(tmp_path) == []
     assert server_log.read_text().splitlines()[-4:] == [
         'traffic_manager synchronous_mode=False', 'synchronous_mode=False',
