@@ -53,9 +53,11 @@ gpu-check:
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m semseg_ros.cli gpu-check --out runs/gpu_check
 
 # Hostile input: 10,000 generated camera and ground-truth messages each through the node's
-# message path (make test runs 300, seeded); SEMSEG_FUZZ_SEED=<n> picks another seed.
+# message path, and 3,000 malformed ground-truth messages through the node process (make test
+# runs 300 of each, seeded); SEMSEG_FUZZ_SEED=<n> picks another seed.
 fuzz: $(STAMP)
-	SEMSEG_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -s -p no:cacheprovider test/test_fuzz.py
+	SEMSEG_FUZZ_EXAMPLES=10000 SEMSEG_FUZZ_PROCESS_MESSAGES=3000 \
+		$(BIN)/python -m pytest -s -p no:cacheprovider test/test_fuzz.py
 
 # The real node for 10 minutes under 800x600 bgra8 at 30 Hz with the shipped model: memory,
 # latency and every frame accounted for (semseg_ros/soak.py; make test runs 30 s of it).

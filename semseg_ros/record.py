@@ -111,6 +111,16 @@ def partial_path(out: Path) -> Path:
     return out.parent / f'.{out.name}.recording'
 
 
+def recover_partial(out: Path) -> None:
+    """Undo what a killed run for ``out`` left: the bag it was replacing back, the rest gone."""
+    partial = partial_path(out)
+    if partial.exists():  # a killed run's leftovers: never a complete bag ...
+        replaced = partial / REPLACED
+        if replaced.exists() and not out.exists():  # ... but maybe the bag it replaced
+            replaced.rename(out)
+        shutil.rmtree(partial)
+
+
 class BagRecorder:
     """Raw subscriptions on an rclpy node, written into a bag as they arrive.
 
@@ -137,11 +147,7 @@ class BagRecorder:
         self.node = node
         self.out = out
         self.partial = partial_path(out)
-        if self.partial.exists():  # a killed run's leftovers: never a complete bag ...
-            replaced = self.partial / REPLACED
-            if replaced.exists() and not out.exists():  # ... but maybe the bag it replaced
-                replaced.rename(out)
-            shutil.rmtree(self.partial)
+        recover_partial(out)
         self.partial.mkdir(parents=True)
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
         self.writer = Writer(self.partial / out.name, version=8, storage_plugin=plugin)
@@ -265,6 +271,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except RecordError as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2
+    recover_partial(args.out)  # first: a bag a killed run put aside is an existing --out
     if args.out.exists() and not args.overwrite:
         msg = f'{args.out} exists; pass --overwrite to replace it, or choose another --out'
         print(f'{parser.prog}: error: {msg}', file=sys.stderr)

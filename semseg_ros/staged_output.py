@@ -1,8 +1,9 @@
 """Crash-safe outputs: write beside the target, swap in when complete, clean up after a kill.
 
-Every writer of a folder (``semseg bag``, ``semseg record``, ``semseg data synth``) stages its
-output in a hidden sibling of the target, ``.NAME.partial-<pid>/new/``, and moves it into
-place only when it is complete::
+Every writer of a folder (``semseg bag``, ``semseg data synth``, ``semseg data collect``)
+stages its output in a hidden sibling of the target, ``.NAME.partial-<pid>/new/``, and moves
+it into place only when it is complete (``semseg record`` does the same in a sibling of its
+own, ``.BAG.recording``: see :mod:`semseg_ros.record`)::
 
     DIR/.NAME.partial-<pid>/new/ENTRY...    written here (data files already under final names)
     DIR/.NAME.partial-<pid>/old/ENTRY...    what --overwrite replaces, kept until the swap ends

@@ -254,6 +254,23 @@ def test_writer_refuses_a_non_empty_folder_and_a_frame_before_an_episode(tmp_pat
         writer.write(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8))
 
 
+def test_a_pair_interrupted_between_its_two_files_leaves_neither(tmp_path, monkeypatch):
+    """Ctrl+C (or SIGTERM, which the command turns into it) after the image, before the label:
+    the dataset the run leaves holds whole pairs only."""
+    from training.data import carla_io
+
+    def image_then_interrupt(rgb_path, label_path, bgr, ids):
+        rgb_path.write_bytes(b'a whole PNG')
+        raise KeyboardInterrupt
+
+    writer = DatasetWriter(tmp_path / 'carla', 'cityscapes29')
+    writer.start_episode('Town01', 'Town01')
+    monkeypatch.setattr(carla_io, 'write_pair', image_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write(np.zeros((6, 8, 3), np.uint8), np.zeros((6, 8), np.uint8))
+    assert writer.frames == 0 and not list((tmp_path / 'carla').rglob('*.png'))
+
+
 # --- restoring the server: recording test doubles of carla's world, client and TM -----------
 
 

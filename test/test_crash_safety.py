@@ -10,12 +10,16 @@ The swap itself is checked exhaustively in-process (a "kill" at every step of
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from semseg_ros.staged_output import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+FAKE_CARLA = Path(__file__).resolve().parent / 'fake_carla'  # a CARLA server in process
 SEED = int(os.environ.get('SEMSEG_KILL_SEED', '14'))
 
 
@@ -211,6 +216,61 @@ def test_semseg_data_synth_killed_at_random_moments(tmp_path, env):
     assert (out / 'dataset.json').is_file() and len(sorted(out.rglob('*.png'))) == 60
 
 
+@pytest.mark.slow
+def test_semseg_export_killed_at_random_moments(tmp_path, env):
+    """``semseg export`` (FP32, FP16 and the JSON report): each file is absent or whole, and an
+    export over an older one killed midway leaves a model that loads: the old or the new."""
+    import onnx
+    from test_export import make_checkpoint
+
+    from semseg_ros.model_file import read_model_info
+
+    old_checkpoint = make_checkpoint(tmp_path / 'old.pt', seed=0)
+    new_checkpoint = make_checkpoint(tmp_path / 'new.pt', seed=1)
+
+    def export(checkpoint: Path, folder: Path) -> list[str]:
+        return [sys.executable, '-m', 'semseg_ros.cli', 'export', '--checkpoint',
+                str(checkpoint), '--out', str(folder / 'model.onnx'), '--fp16', '--json',
+                str(folder / 'report.json')]  # fmt: skip
+
+    def models(folder: Path) -> dict[str, str]:
+        """The weights digest of each model under its final name (each must load whole)."""
+        found = {}
+        for name in ('model.onnx', 'model.fp16.onnx'):
+            if (folder / name).exists():
+                onnx.load(str(folder / name))  # a whole protobuf, and its weights digest holds
+                found[name] = read_model_info(folder / name).weights_sha256
+        if (folder / 'report.json').exists():
+            json.loads((folder / 'report.json').read_text())
+        assert leftovers_bounded(folder), hidden(folder)
+        return found
+
+    rng = random.Random(SEED)
+    old, fresh = tmp_path / 'old', tmp_path / 'fresh'
+    start = time.monotonic()
+    done = subprocess.run(export(old_checkpoint, old), cwd=REPO, env=env, capture_output=True)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    old_models = models(old)
+    when = rng.uniform(0.4, 1.0) * seconds
+    kills = kill_after(export(new_checkpoint, fresh), when, env) is None  # a new export, killed
+    if fresh.exists():
+        models(fresh)  # whole
+    done = subprocess.run(export(new_checkpoint, fresh), cwd=REPO, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert hidden(fresh) == []  # the rerun removed what the kills left
+    new_models = models(fresh)
+    assert new_models.keys() == old_models.keys() and new_models != old_models
+    for _ in range(2):  # over the old export, killed: each model the old one or the new one
+        kills += kill_after(export(new_checkpoint, old), rng.uniform(0.4, 1.0) * seconds,
+                            env) is None  # fmt: skip
+        for name, digest in models(old).items():
+            assert digest in (old_models[name], new_models[name]), name
+        assert (old / 'model.onnx').exists(), 'the old model was lost before the new one'
+    assert kills >= 2
+    print(f'semseg export: {kills} of 3 runs killed ({seconds:.1f} s a run); whole, old kept')
+
+
 CHECKPOINT_LOOP = r"""
 import sys
 from semseg_ros.labels import LYFT13
@@ -262,3 +322,179 @@ def test_semseg_record_gets_the_replaced_bag_back_after_a_kill_mid_swap(tmp_path
     recorder.close()  # an empty recording replaces it, whole
     assert sorted(p.name for p in out.iterdir()) == ['bag.mcap', 'metadata.yaml']
     assert not partial.exists() and hidden(tmp_path) == []
+
+
+def test_semseg_record_without_overwrite_keeps_a_bag_a_kill_put_aside(tmp_path, capsys):
+    """Killed between the two renames, the old bag is only in the hidden folder; a rerun
+    without --overwrite puts it back and then refuses to replace it."""
+    pytest.importorskip('rclpy')
+    from semseg_ros import record
+
+    out = tmp_path / 'bag'
+    partial = record.partial_path(out)
+    (partial / record.REPLACED).mkdir(parents=True)
+    (partial / record.REPLACED / 'metadata.yaml').write_text('the old bag')
+    argv = ['--out', str(out), '--duration', '0.1', '/image']
+    assert record.main(argv, prog='semseg record') == 1
+    assert 'pass --overwrite to replace it' in capsys.readouterr().err
+    assert (out / 'metadata.yaml').read_text() == 'the old bag'
+    assert hidden(tmp_path) == []
+
+
+@contextlib.contextmanager
+def live_camera(context, topic: str, hz: float = 50.0):
+    """A node publishing small bgra8 frames on ``topic`` at ``hz`` until the block ends."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    node = rclpy.create_node('camera', context=context)
+    publisher = node.create_publisher(Image, topic, 10)
+    stamps = itertools.count()
+
+    def publish() -> None:
+        msg = Image(height=24, width=32, encoding='bgra8', step=128, data=bytes(24 * 128))
+        msg.header.stamp.sec = next(stamps)
+        publisher.publish(msg)
+
+    node.create_timer(1.0 / hz, publish)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        executor.shutdown()
+        thread.join(5)
+        node.destroy_node()
+
+
+def kill_after_line(args: list[str], text: str, delay: float, env: dict[str, str]) -> bool:
+    """Start ``args``, SIGKILL it ``delay`` s after it printed ``text``; False if it had ended."""
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if text in line:
+            break
+    try:
+        proc.wait(delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+    finally:
+        proc.stdout.close()
+    return False
+
+
+def whole_bag(out: Path) -> int:
+    """The messages of a bag that reads back whole under its final names only."""
+    from rosbags.highlevel import AnyReader
+
+    assert sorted(p.name for p in out.iterdir()) == [f'{out.name}.mcap', 'metadata.yaml']
+    with AnyReader([out]) as reader:
+        count = sum(1 for _ in reader.messages())
+        assert count == sum(c.msgcount for c in reader.connections)  # as its index says
+    return count
+
+
+@pytest.mark.slow
+def test_semseg_record_killed_at_random_moments(tmp_path, ros_env, ros_context):
+    """``semseg record`` of a live camera, killed while it records or closes the bag: BAG is
+    absent or a whole bag; with --overwrite the old bag stays until the new one is in."""
+    out = tmp_path / 'bag'
+    command = [sys.executable, '-m', 'semseg_ros.cli', 'record', '--out', str(out),
+               '--count', '25', '--duration', '20', '/image']  # fmt: skip
+    rng = random.Random(SEED)
+    matched = '/image: 1 publisher(s) matched'  # then 25 messages take 0.5 s, and it closes
+    kills = 0
+    with live_camera(ros_context, '/image'):
+        done = subprocess.run(command, cwd=REPO, env=ros_env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert whole_bag(out) == 25, done.stdout
+        for _ in range(2):  # --overwrite killed: the old bag, or the new one whole
+            kills += kill_after_line([*command, '--overwrite'], matched, rng.uniform(0, 0.6),
+                                     ros_env)  # fmt: skip
+            assert out.exists(), 'the old bag was lost before the new one was complete'
+            assert whole_bag(out) == 25
+            assert hidden(tmp_path) in ([], ['.bag.recording']), hidden(tmp_path)
+        done = subprocess.run([*command, '--overwrite'], cwd=REPO, env=ros_env,
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert hidden(tmp_path) == [] and whole_bag(out) == 25  # the kills' leftovers cleaned
+        shutil.rmtree(out)  # a fresh BAG killed
+        kills += kill_after_line(command, matched, rng.uniform(0, 0.6), ros_env)
+        assert not out.exists() or whole_bag(out) == 25
+    assert kills >= 2
+    print(f'semseg record: {kills} of 3 runs killed while recording; never half, old kept')
+
+
+def leftovers_bounded(folder: Path) -> bool:
+    """At most one leftover per output: a killed run's temporaries are cleaned by the next."""
+    names = hidden(folder)
+    return len(names) == len({name.rsplit('-', 1)[0] for name in names})
+
+
+@pytest.mark.slow
+def test_semseg_data_collect_killed_at_random_moments(tmp_path, env):
+    """The CARLA collector against a stand-in server (test/fake_carla): OUT is absent or a
+    whole dataset (every frame, dataset.json with the server's class set), never frames
+    without their dataset.json; a SIGTERM ends it like Ctrl+C (the frames so far, the
+    server put back)."""
+    from training.data.lyft import dataset_class_set, scan_dataset
+
+    server_log = tmp_path / 'server.log'
+    env = {**env, 'PYTHONPATH': os.pathsep.join([str(FAKE_CARLA), env['PYTHONPATH']]),
+           'FAKE_CARLA_TICK_S': '0.02', 'FAKE_CARLA_LOG': str(server_log)}  # fmt: skip
+    out = tmp_path / 'carla'
+    command = [sys.executable, '-m', 'semseg_ros.cli', 'data', 'collect', '--out', str(out),
+               '--frames', '30', '--width', '160', '--height', '120', '--vehicles', '0',
+               '--walkers', '0', '--warmup', '2', '--every', '1']  # fmt: skip
+
+    def frames_in(root: Path, *, complete: bool = True) -> int:
+        """The frames of a dataset that reads back whole: pairs, dataset.json, class set."""
+        info = json.loads((root / 'dataset.json').read_text())
+        scan = scan_dataset(root)
+        assert info['complete'] is complete and info['frames'] == len(scan.samples) > 0
+        assert not scan.unpaired and not scan.ignored and not list(root.rglob('.*'))
+        assert dataset_class_set(root).name == 'cityscapes29'  # CARLA 0.9.16's tags
+        return info['frames']
+
+    rng = random.Random(SEED)
+    start = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    assert frames_in(out) == 30
+    kills = 0
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        kills += kill_after(command, rng.uniform(0.4, 1.0) * seconds, env) is None
+        assert not out.exists() or frames_in(out) == 30, 'frames without their dataset'
+        assert leftovers_bounded(tmp_path), hidden(tmp_path)
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the same --out again: the kills' leftovers ...
+    assert hidden(tmp_path) == [] and frames_in(out) == 30  # ... cleaned first
+    assert kills >= 2
+
+    shutil.rmtree(out)
+    server_log.unlink()
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    staged = tmp_path / f'.carla.partial-{proc.pid}' / 'new' / 'carla'  # where frames go first
+    deadline = time.monotonic() + 20
+    while not list(staged.glob('*/CameraSeg/*.png')):
+        assert time.monotonic() < deadline and proc.poll() is None, 'no frame written'
+        time.sleep(0.01)
+    assert not out.exists()  # OUT appears when the run ends, frames and dataset.json together
+    time.sleep(rng.uniform(0, 0.2))
+    proc.send_signal(signal.SIGTERM)  # what `timeout`, docker stop or systemd send
+    assert proc.wait(10) == 130, proc.stderr.read()
+    proc.stderr.close()
+    assert 0 < frames_in(out, complete=False) < 30 and hidden(tmp_path) == []
+    assert server_log.read_text().splitlines()[-4:] == [
+        'traffic_manager synchronous_mode=False', 'synchronous_mode=False',
+        'destroyed 2 actors', 'destroyed 1 actors',
+    ]  # fmt: skip
+    print(f'semseg data collect: {kills} of 3 runs killed ({seconds:.1f} s a run); whole or none')

@@ -6,10 +6,12 @@ callbacks and the worker thread hand them over. Nothing may escape, every messag
 one column of the accounting, and each kind of error is logged once, naming the field.
 
 In a process: realistic malformed messages (the types rclpy enforces, wrong values) go to the
-real ``semseg_node`` between good frames; it stays up and its last /diagnostics adds up.
+real ``semseg_node`` between good ones, camera frames and, with ``ground_truth`` on, ground
+truth; it stays up and its last /diagnostics adds up.
 
 ``make test`` runs a few hundred seeded examples; ``make fuzz`` runs
-``SEMSEG_FUZZ_EXAMPLES=10000`` (any seed: ``SEMSEG_FUZZ_SEED``).
+``SEMSEG_FUZZ_EXAMPLES=10000`` in process and ``SEMSEG_FUZZ_PROCESS_MESSAGES=3000`` ground
+truth messages through the node process (any seed: ``SEMSEG_FUZZ_SEED``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from semseg_ros.node.params import NodeParams  # noqa: E402
 from test_node_core import BandSegmenter  # noqa: E402  isort: skip
 
 EXAMPLES = int(os.environ.get('SEMSEG_FUZZ_EXAMPLES', '300'))
+PROCESS_MESSAGES = int(os.environ.get('SEMSEG_FUZZ_PROCESS_MESSAGES', '300'))
 SEED = int(os.environ.get('SEMSEG_FUZZ_SEED', '14'))
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -256,6 +259,8 @@ def test_generated_ground_truth_never_escapes_and_all_add_up():
         + matcher.pending[0]
     )
     counts = core.bad_ground_truth.counts
+    values = dict(core.diagnostics()['values'])
+    assert {kind: int(values[f'ground truth dropped ({kind})']) for kind in counts} == counts
     warnings = [w for w in warnings if 'dropping such frames' in w]  # the camera's are fine
     assert len(warnings) == len(counts) and 'size' in counts  # a 5x5 GT for a 5x5 camera only
     for kind in counts:
@@ -417,3 +422,142 @@ def test_the_node_process_survives_malformed_frames_between_good_ones(
     warned = [line for line in out.splitlines() if 'dropping such frames' in line]
     assert len(warned) == len(kinds), (warned, kinds)
     assert 'Traceback' not in out
+
+
+def realistic_malformed_ground_truth(rng: np.random.Generator, sec: int, size: tuple[int, int]):
+    """Ground truth for a ``size`` (width, height) camera, carla23 palette colours, with one
+    field wrong, well-typed (what a misconfigured segmentation camera or bridge sends)."""
+    from sensor_msgs.msg import Image
+
+    width, height = size
+    ids = rng.integers(0, len(CARLA23.names), (height, width), dtype=np.uint8)
+    enc, step, data = 'rgb8', width * 3, CARLA23.id_to_color(ids).tobytes()
+    what = rng.integers(0, 7)
+    if what == 0:  # another image size than the camera's (a camera set up differently)
+        width, height = int(rng.integers(1, 2 * width)), int(rng.integers(1, 2 * height))
+        step = width * 3
+        data = bytes(step * height)
+    elif what == 1:
+        height = int(rng.choice([0, 100_000, 2**32 - 1]))
+    elif what == 2:
+        width = int(rng.choice([0, 100_000, 2**32 - 1]))
+    elif what == 3:
+        step = int(rng.integers(0, step))
+    elif what == 4:
+        data = data[: int(rng.integers(0, len(data)))]
+    elif what == 5:
+        enc = str(rng.choice(['yuv422', '32FC1', 'bayer_rggb8', 'nonsense', '', 'mono16']))
+    else:  # padded rows the data does not hold
+        step += int(rng.integers(1, 8))
+    msg = Image(height=height, width=width, encoding=enc, step=step, data=data)
+    msg.header.stamp.sec = sec
+    return msg
+
+
+def ground_truth_outcome(msg, size: tuple[int, int]) -> str:
+    """What the node must make of ``msg``: 'scored', or the kind of error it drops it for."""
+    try:
+        rgb = frame_to_rgb(msg)
+    except ImageFormatError as err:
+        return err.kind
+    return 'scored' if rgb.shape[1::-1] == size else 'size'
+
+
+@pytest.mark.slow
+def test_the_node_process_survives_malformed_ground_truth_between_good_pairs(
+    ros_env, ros_context, tmp_path
+):
+    """A few hundred malformed ground-truth messages, each with a good camera frame of its
+    stamp (so each is matched and decoded), every fifth a good pair, in lock step (each mask
+    awaited): the node stays up, scores the good ones, counts the bad ones by kind on
+    /diagnostics, and warns once per kind naming the field."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from test_bag import export_tiny_model
+    from test_node import HEIGHT, WIDTH, camera_frame, image_msg, start_node, stop
+
+    from semseg_ros.labels import LYFT13, remap
+
+    model = export_tiny_model(tmp_path)
+    node = start_node(ros_env, '-p', f'model_path:={model}', '-p', 'ground_truth:=true',
+                      '-p', 'gt_class_set:=carla23', '-p', 'qos_depth:=100')  # fmt: skip
+    peer = rclpy.create_node('fuzzer', context=ros_context)
+    reports: list = []
+    masks: list = []
+    peer.create_subscription(DiagnosticArray, '/diagnostics', reports.append, 10)
+    peer.create_subscription(Image, '/semseg_node/mask', masks.append, 100)
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    camera = peer.create_publisher(Image, 'image', qos)
+    ground_truth = peer.create_publisher(Image, 'ground_truth', qos)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(peer)
+    rng = np.random.default_rng(SEED)
+    frames = [camera_frame(seed) for seed in range(4)]
+    size = (WIDTH, HEIGHT)
+    expected: dict[str, int] = {}
+
+    def until(done, what: str, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            assert time.monotonic() < deadline, f'no {what}'
+            assert node.poll() is None, 'the node died'
+            executor.spin_once(0.01)
+
+    def good_ground_truth(sec: int) -> Image:
+        ids = rng.integers(0, LYFT13.num_classes, (HEIGHT, WIDTH), dtype=np.uint8)
+        return image_msg(CARLA23.id_to_color(remap(ids, LYFT13, CARLA23)), 'rgb8', sec=sec)
+
+    try:
+        until(lambda: camera.get_subscription_count() and ground_truth.get_subscription_count()
+              and peer.get_publishers_info_by_topic('/semseg_node/mask'), 'node')  # fmt: skip
+        time.sleep(0.5)  # the node sees our mask subscription
+        for k in range(1, PROCESS_MESSAGES + 1):
+            if k % 5 == 0:
+                truth = good_ground_truth(k)
+            else:
+                truth = realistic_malformed_ground_truth(rng, k, size)
+            outcome = ground_truth_outcome(truth, size)
+            expected[outcome] = expected.get(outcome, 0) + 1
+            ground_truth.publish(truth)
+            camera.publish(image_msg(frames[k % len(frames)], 'bgra8', sec=k))
+            until(lambda k=k: masks and masks[-1].header.stamp.sec == k, f'mask {k}')
+        assert expected.get('scored', 0) >= PROCESS_MESSAGES // 5 and len(expected) >= 5
+
+        def accounted() -> bool:
+            values = {kv.key: kv.value for kv in reports[-1].status[0].values} if reports else {}
+            scored = int(values.get('ground truth frames scored', 0))
+            return scored + int(values.get('ground truth dropped (bad)', 0)) == PROCESS_MESSAGES
+
+        until(accounted, 'report with every ground-truth message accounted for')
+    finally:
+        code, _, out = stop(node, signal.SIGINT)
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            executor.spin_once(0.05)
+        executor.shutdown()
+        peer.destroy_node()
+    assert code == 0, out
+    assert 'Traceback' not in out
+    values = {kv.key: kv.value for kv in reports[-1].status[0].values}
+    frames_in = {key: int(values[f'frames {key}']) for key in ('received', 'published', 'failed')}
+    assert frames_in == {'received': PROCESS_MESSAGES, 'published': PROCESS_MESSAGES, 'failed': 0}
+    bad = {k: n for k, n in expected.items() if k != 'scored'}
+    assert int(values['ground truth frames scored']) == expected['scored'], values
+    assert int(values['ground truth dropped (bad)']) == sum(bad.values()), values
+    dropped = {
+        k.removeprefix('ground truth dropped (')[:-1]: int(v)
+        for k, v in values.items()
+        if k.startswith('ground truth dropped (') and k != 'ground truth dropped (bad)'
+    }
+    assert dropped == bad, values  # by kind
+    assert values['ground truth unmatched'] == values['ground truth lost in transport'] == '0'
+    warned = [line for line in out.splitlines() if 'dropping such frames' in line]
+    assert len(warned) == len(bad), warned  # one per kind
+    for kind in bad:
+        (line,) = [w for w in warned if f'{kind!r} errors' in w]
+        assert 'ground_truth: ' in line, line
+        assert any(field in line for field in FIELD_OF_KIND[kind]), line
+    print(f'fuzz: {PROCESS_MESSAGES} ground-truth messages through the node: {expected}')

@@ -4,7 +4,11 @@ compiled-model cache and the fallback to onnxruntime. Skipped when openvino is a
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from semseg_ros.engines import create_engine
 from semseg_ros.engines.openvino_engine import (
     OpenVINOEngine,
     cache_dir_for,
+    int8_ir_for,
     openvino_available,
     openvino_int8_path,
 )
@@ -133,6 +138,46 @@ def test_auto_on_cpu_picks_openvino_and_int8_runs_its_ir(model, frames, tmp_path
         auto = create_engine(onnx, device='cpu', cache_dir=cache)
     assert len(caught) == 1 and 'Incorrect weights in bin file' in str(caught[0].message)
     assert (auto.backend, auto.precision) == ('openvino', 'fp32')
+
+
+#: ``quantize_openvino_int8(ONNX)`` killed while saving the IR: the .bin half written.
+KILLED_WHILE_SAVING = r"""
+import os, signal, sys
+import openvino
+from training.data.synthetic import render_frame
+from training.export import quantize_openvino_int8
+save_model = openvino.save_model
+def save_half_then_die(model, path, **kwargs):
+    save_model(model, path, **kwargs)
+    weights = os.path.splitext(path)[0] + '.bin'
+    os.truncate(weights, os.path.getsize(weights) // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+openvino.save_model = save_half_then_die
+quantize_openvino_int8(sys.argv[1], [render_frame(5, 0)[0]])
+"""
+
+
+def test_an_ir_export_killed_while_saving_leaves_the_previous_ir(model, frames, tmp_path):
+    from training.export import quantize_openvino_int8
+
+    onnx = shutil.copy(model, tmp_path / 'm.onnx')
+    xml = quantize_openvino_int8(onnx, frames[:1])
+    previous = xml.read_bytes(), xml.with_suffix('.bin').read_bytes()
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(repo), os.environ.get(
+        'PYTHONPATH', '')])}  # fmt: skip
+    run = subprocess.run([sys.executable, '-c', KILLED_WHILE_SAVING, str(onnx)], cwd=repo,
+                         env=env, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    assert (xml.read_bytes(), xml.with_suffix('.bin').read_bytes()) == previous
+    assert int8_ir_for(read_model_info(onnx))[0] == xml  # still the IR of this ONNX, whole
+    (stale,) = [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # hidden, one
+    quantize_openvino_int8(onnx, frames[1:2])  # the next export removes it
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        'm.onnx',
+        'm.openvino-int8.bin',
+        'm.openvino-int8.xml',
+    ]
 
 
 def test_int8_onnx_on_cpu_stays_on_onnxruntime(model, tmp_path):

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -61,7 +63,11 @@ from semseg_ros.model_file import (
     sort_nodes_topologically,
 )
 from semseg_ros.pipeline import InputSpec, prepare
-from semseg_ros.staged_output import remove_stale_temporaries, temporary_for
+from semseg_ros.staged_output import (
+    atomic_write_bytes,
+    remove_stale_temporaries,
+    temporary_for,
+)
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
@@ -558,7 +564,18 @@ def quantize_openvino_int8(
     meta['provenance'] = json.dumps(provenance, default=str)
     block = {'metadata': meta, 'onnx': onnx_path.name, 'onnx_sha256': info.sha256}
     quantized.set_rt_info(json.dumps(block), RT_INFO_KEY)
-    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    # Saved in a temporary folder, then moved in: the .bin, then the .xml that names the ONNX
+    # it was made from, so a kill never leaves half a file under a final name (nor a new
+    # .xml with the old .bin).
+    remove_stale_temporaries(out)  # what killed exports left
+    tmp = temporary_for(out)  # .NAME.tmp-<pid>/
+    try:
+        tmp.mkdir()
+        ov.save_model(quantized, str(tmp / out.name), compress_to_fp16=False)
+        os.replace(tmp / out.with_suffix('.bin').name, out.with_suffix('.bin'))
+        os.replace(tmp / out.name, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -836,7 +853,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 1
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(asdict(report), indent=1, default=str) + '\n')
+        remove_stale_temporaries(args.json)  # what killed exports left
+        text = json.dumps(asdict(report), indent=1, default=str) + '\n'
+        atomic_write_bytes(args.json, text.encode())  # whole or not at all
     return 0
 
 

@@ -700,6 +700,7 @@ class NodeCore:
                 + self.matcher.unmatched_predictions,
                 'class_set': self.iou.gt_class_set.name,
                 'bad': self.bad_ground_truth.total,
+                'bad_by_kind': self.bad_ground_truth.counts,
                 'lost': self.gt_lost_in_transport,
             }
         return diagnostics_status(

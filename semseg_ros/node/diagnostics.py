@@ -101,6 +101,10 @@ def diagnostics_status(
             ('ground truth frames scored', str(ground_truth.get('frames', 0))),
             ('ground truth unmatched', str(ground_truth.get('unmatched', 0))),
             ('ground truth dropped (bad)', str(ground_truth.get('bad', 0))),
+            *(
+                (f'ground truth dropped ({kind})', str(n))
+                for kind, n in sorted(ground_truth.get('bad_by_kind', {}).items())
+            ),
             ('ground truth lost in transport', str(ground_truth.get('lost', 0))),
             ('mIoU', 'n/a' if miou is None or math.isnan(miou) else f'{miou:.4f}'),
         ]

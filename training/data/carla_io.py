@@ -304,8 +304,12 @@ class DatasetWriter:
         base = self.out / self._current  # type: ignore[operator]
         try:
             write_pair(base / IMAGE_DIR / name, base / LABEL_DIR / name, bgr, ids)
-        except OSError as err:
-            raise CollectError(str(err)) from err
+        except BaseException as err:  # an error, Ctrl+C or SIGTERM between the two files
+            for path in (base / IMAGE_DIR / name, base / LABEL_DIR / name):
+                path.unlink(missing_ok=True)  # no image without its label
+            if isinstance(err, OSError):
+                raise CollectError(str(err)) from err
+            raise
         episode['frames'] += 1
         return base / IMAGE_DIR / name
 

@@ -12,9 +12,16 @@ that same frame. The weather changes every ``--weather-every`` saved frames. Out
                                        towns, weather, camera intrinsics, sync statistics
 
 The server is always left as found (asynchronous, no actors of ours, Traffic Manager
-asynchronous), on errors and Ctrl+C too: see :class:`training.data.carla_io.SyncSession`.
-Works with the ``carla`` 0.9.16 client and the 0.9.13 API the ROS bridge uses: only calls
-both have are made. ``carla`` is imported when the command runs, not with this module.
+asynchronous), on errors, Ctrl+C and SIGTERM too: see
+:class:`training.data.carla_io.SyncSession`. Works with the ``carla`` 0.9.16 client and the
+0.9.13 API the ROS bridge uses: only calls both have are made. ``carla`` is imported when
+the command runs, not with this module.
+
+OUT is written beside itself, in ``.OUT.partial-<pid>/new/OUT``
+(:mod:`semseg_ros.staged_output`), and moved into place with its ``dataset.json`` when the run
+ends, however it ends short of a SIGKILL: OUT is never frames without the dataset.json that
+names their class set. What a killed run wrote stays in that hidden folder until the next
+run for the same OUT deletes it.
 """
 
 from __future__ import annotations
@@ -22,12 +29,15 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from semseg_ros.staged_output import StagedEntries, recover
 
 from .carla_io import (
     COLLECTOR_VERSION,
@@ -325,6 +335,7 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> CollectResult:
     ``TownNotFoundError``, ...) with the fix in the message. On any exit the server is
     restored and ``dataset.json`` describes the frames written so far.
     """
+    recover(cfg.out.parent, cfg.out.name, cfg.out.parent, [cfg.out.name])  # what kills left
     check_output_dir(cfg.out)  # before connecting: fail fast, and leave no empty folder
     carla = import_carla()
     client, server_version = connect(carla, cfg.host, cfg.port, cfg.timeout)
@@ -336,7 +347,8 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> CollectResult:
         log.warning(warning)
     towns = _plan_towns(client, cfg)
     class_set = class_set_for_version(server_version)
-    writer = DatasetWriter(cfg.out, class_set)
+    staged = StagedEntries.for_folder(cfg.out)  # moved to cfg.out with its dataset.json
+    writer = DatasetWriter(staged.open(), class_set)
     rng = random.Random(cfg.seed)
     stats: dict[str, int] = {}
     start = time.perf_counter()
@@ -377,6 +389,8 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> CollectResult:
                     'seconds': round(time.perf_counter() - start, 2),
                 },
             )
+            staged.commit()  # OUT appears whole, frames and dataset.json together
+        staged.discard()  # nothing written: nothing left behind
     seconds = time.perf_counter() - start
     return CollectResult(cfg.out, writer.frames, class_set, server_version, seconds)
 
@@ -461,6 +475,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except CollectError as err:  # a bad option: usage error
         print(f'{prog}: error: {err}', file=sys.stderr)
         return 2
+    # SIGTERM (`timeout`, docker stop, systemd) ends the run like Ctrl+C: server put back,
+    # the frames so far moved into place with their dataset.json.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = collect(cfg)
     except CollectError as err:
@@ -473,6 +490,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(
         f'wrote {result.frames} frames ({result.class_set}, CARLA {result.server_version}) '
         f'to {result.out} in {result.seconds:.0f} s'
