@@ -137,3 +137,21 @@ def read_bag(path: Path) -> dict[str, list]:
 
 def stamp(msg) -> tuple[int, int]:
     return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+
+def wait_for_node(
+    executor, peer, process, *, publishers, mask_topic: str = '/semseg_node/mask',
+    timeout: float = 30.0,
+) -> None:  # fmt: skip
+    """Spin ``executor`` until the node ``process`` subscribed every publisher in
+    ``publishers`` and publishes ``mask_topic`` (as ``peer`` sees the graph); then half a
+    second more, so that the node also sees ``peer``'s own subscriptions (it computes no
+    output nobody subscribes to). Fails if the process dies or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while any(p.get_subscription_count() < 1 for p in publishers) or not (
+        peer.get_publishers_info_by_topic(mask_topic)
+    ):
+        assert process.poll() is None, 'the node process died while starting'
+        assert time.monotonic() < deadline, f'the node did not come up within {timeout:.0f} s'
+        executor.spin_once(0.05)
+    time.sleep(0.5)

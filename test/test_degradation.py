@@ -17,6 +17,7 @@ from semseg_ros.node.core import ALL_OUTPUTS, FrameWorker, NodeCore
 from semseg_ros.node.diagnostics import ERROR, OK, WARN
 from semseg_ros.node.params import NodeParams
 
+from ros_graph import wait_for_node  # isort: skip
 from test_node_core import BandSegmenter, header, image_msg, rgb_frame  # isort: skip
 
 
@@ -141,13 +142,8 @@ def test_a_node_whose_worker_dies_exits_1_with_a_fatal_line(ros_env, ros_context
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(peer)
     try:
+        wait_for_node(executor, peer, node, publishers=[camera])
         deadline = time.monotonic() + 30
-        while camera.get_subscription_count() < 1 or not peer.get_publishers_info_by_topic(
-            '/semseg_node/mask'
-        ):
-            assert time.monotonic() < deadline and node.poll() is None, 'no node'
-            executor.spin_once(0.05)
-        time.sleep(0.5)
         sec = 0
         while node.poll() is None and time.monotonic() < deadline:
             sec += 1

@@ -36,6 +36,7 @@ from semseg_ros.labels import CARLA23  # noqa: E402
 from semseg_ros.node.core import ALL_OUTPUTS, NodeCore  # noqa: E402
 from semseg_ros.node.params import NodeParams  # noqa: E402
 
+from ros_graph import wait_for_node  # noqa: E402  isort: skip
 from test_node_core import BandSegmenter  # noqa: E402  isort: skip
 
 EXAMPLES = int(os.environ.get('SEMSEG_FUZZ_EXAMPLES', '300'))
@@ -374,13 +375,7 @@ def test_the_node_process_survives_malformed_frames_between_good_ones(
     rng = np.random.default_rng(SEED)
     sent = bad_sent = 0
     try:
-        deadline = time.monotonic() + 30
-        while camera.get_subscription_count() < 1 or not peer.get_publishers_info_by_topic(
-            '/semseg_node/mask'
-        ):
-            assert time.monotonic() < deadline and node.poll() is None, 'no node'
-            executor.spin_once(0.05)
-        time.sleep(0.5)  # the node sees our mask subscription
+        wait_for_node(executor, peer, node, publishers=[camera])
         for k in range(1, 301):
             if k % 5 == 0:
                 msg = image_msg(camera_frame(k), 'bgra8', sec=k)
@@ -511,9 +506,7 @@ def test_the_node_process_survives_malformed_ground_truth_between_good_pairs(
         return image_msg(CARLA23.id_to_color(remap(ids, LYFT13, CARLA23)), 'rgb8', sec=sec)
 
     try:
-        until(lambda: camera.get_subscription_count() and ground_truth.get_subscription_count()
-              and peer.get_publishers_info_by_topic('/semseg_node/mask'), 'node')  # fmt: skip
-        time.sleep(0.5)  # the node sees our mask subscription
+        wait_for_node(executor, peer, node, publishers=[camera, ground_truth])
         for k in range(1, PROCESS_MESSAGES + 1):
             if k % 5 == 0:
                 truth = good_ground_truth(k)

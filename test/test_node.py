@@ -25,6 +25,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_graph import wait_for_node  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from test_bag import export_tiny_model  # noqa: E402
@@ -485,16 +486,10 @@ def test_the_node_process_with_the_params_file_and_remaps(ros_env, ros_context, 
     try:
         peer.create_subscription(Image, '/cam1/semseg_node/mask', masks.append, 10)
         camera = peer.create_publisher(Image, CAMERA, 10)
-        deadline = time.monotonic() + 20
-        while camera.get_subscription_count() < 1 or not peer.get_publishers_info_by_topic(
-            '/cam1/semseg_node/mask'
-        ):
-            assert time.monotonic() < deadline and process.poll() is None, (
-                'the node did not come up'
-            )
-            executor.spin_once(0.05)
-        time.sleep(0.2)  # let the node see our mask subscription too
+        wait_for_node(executor, peer, process, publishers=[camera],
+                      mask_topic='/cam1/semseg_node/mask')  # fmt: skip
         camera.publish(image_msg(camera_frame(0), 'bgra8', sec=3))
+        deadline = time.monotonic() + 20
         while not masks and time.monotonic() < deadline:
             executor.spin_once(0.05)
         assert masks, 'no mask from the node process'
