@@ -410,6 +410,91 @@ def _parse_onnx(data: bytes) -> _OnnxFacts:
     return _OnnxFacts(meta, opset, tuple(inputs), tuple(outputs), digest)
 
 
+def _raw_fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview, bytes]]:
+    """As :func:`_fields`, with each field's own bytes (key and payload) to write it back."""
+    pos = 0
+    for number, value in _fields(buf):
+        key_len = len(_encode_varint(number << 3 | (0 if isinstance(value, int) else 2)))
+        if isinstance(value, memoryview):
+            size = key_len + len(_encode_varint(len(value))) + len(value)
+        else:
+            size = key_len + len(_encode_varint(value))
+        # fixed-size fields (wire 1 / 5) are not in graphs' node / output lists: copied whole
+        yield number, value, bytes(buf[pos : pos + size])
+        pos += size
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def onnx_without_outputs(data: bytes, names: set[str]) -> bytes:
+    """The ONNX model ``data`` without the graph outputs ``names`` and the nodes that only
+    they need (onnxruntime runs every node of a graph whatever outputs are asked for).
+
+    Byte-level, no ``onnx`` package needed. Returns ``data`` unchanged when nothing would be
+    dropped or the graph has a node with a subgraph attribute (its outer-scope reads are
+    not in its inputs, so what it needs cannot be told here).
+    """
+    buf = memoryview(data)
+    graph = next((v for n, v in _fields(buf) if n == 7 and isinstance(v, memoryview)), None)
+    if graph is None:
+        return data
+    nodes, kept_outputs, dropped_any = [], [], False
+    for number, value, _ in _raw_fields(graph):
+        if number == 1 and isinstance(value, memoryview):
+            fields = list(_fields(value))
+            if any(n == 5 and any(a in (6, 11) for a, _ in _fields(v))
+                   for n, v in fields if isinstance(v, memoryview)):  # fmt: skip
+                return data  # an AttributeProto with g (6) or graphs (11): a subgraph
+            ins = [_text(v) for n, v in fields if n == 1]
+            outs = [_text(v) for n, v in fields if n == 2]
+            nodes.append((ins, outs))
+        elif number == 12 and isinstance(value, memoryview):
+            name = _tensor_info(value).name
+            dropped_any |= name in names
+            if name not in names:
+                kept_outputs.append(name)
+    if not dropped_any:
+        return data
+    needed, keep = set(kept_outputs), []
+    for ins, outs in reversed(nodes):  # graphs are stored in topological order
+        keep.append(any(o in needed for o in outs))
+        if keep[-1]:
+            needed.update(ins)
+    keep.reverse()
+
+    def dropped(number: int, value: int | memoryview) -> bool:
+        if not isinstance(value, memoryview):
+            return False
+        if number == 12:  # a graph output
+            return _tensor_info(value).name in names
+        if number == 5:  # an initializer only the dropped nodes read (TensorProto.name: 8)
+            return not any(n == 8 and _text(v) in needed for n, v in _fields(value))
+        return False
+
+    parts, node_index = [], 0
+    for number, value, raw in _raw_fields(graph):
+        if number == 1:
+            node_index += 1
+            if not keep[node_index - 1]:
+                continue
+        if not dropped(number, value):
+            parts.append(raw)
+    new_graph = b''.join(parts)
+    out = []
+    for number, _, raw in _raw_fields(buf):
+        if number == 7:
+            raw = _encode_varint(7 << 3 | 2) + _encode_varint(len(new_graph)) + new_graph
+        out.append(raw)
+    return b''.join(out)
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, 'rb') as f:

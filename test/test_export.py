@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from semseg_ros.engines.onnxruntime_engine import OnnxRuntimeEngine
 from semseg_ros.labels import LYFT13
 from semseg_ros.model_file import FORMAT_KEY, read_model_info
 from semseg_ros.pipeline import Normalization
@@ -155,6 +156,14 @@ def test_ids_output_is_the_argmax_of_the_logits(exported, precision):
     expected = (probabilities.max(1) * 255).astype(np.uint8)  # (N, h, w)
     assert confidence.dtype == np.uint8 and confidence.shape == (2, 40, 56)
     assert np.abs(confidence.astype(int) - expected).max() <= 1  # float rounding at the cast
+
+    # The engine serves ids from a session without the confidence head (onnxruntime would
+    # run it for every frame otherwise) and opens one with it when confidence is asked for.
+    engine = OnnxRuntimeEngine(read_model_info(path), device='cpu')
+    assert [o.name for o in engine._session.get_outputs()] == ['logits', 'ids']
+    np.testing.assert_array_equal(engine.infer_ids(x), ids)
+    assert engine._full_session is None
+    np.testing.assert_array_equal(engine.infer_ids_and_confidence(x)[1], confidence)
 
 
 def test_fp16_variant_agrees_with_fp32(exported):

@@ -202,3 +202,35 @@ def test_engine_sidecar_is_atomic_and_a_cache_entry_needs_both(tmp_path):
     side = json.loads(sidecar_path(engine).read_text())
     assert side['parsed'].endswith('model.fp16.onnx') and side['parsed_sha256'] == 'cd' * 32
     assert side['onnx_sha256'] == info.sha256
+
+
+def test_a_graph_without_its_confidence_head_keeps_everything_else(tmp_path):
+    import onnxruntime as ort
+    from test_export import export_tiny
+
+    from semseg_ros.model_file import onnx_without_outputs
+
+    data = export_tiny(tmp_path).read_bytes()
+    pruned = onnx.load_from_string(onnx_without_outputs(data, {'confidence'}))
+    onnx.checker.check_model(pruned)
+    full = onnx.load_from_string(data)
+    assert [o.name for o in pruned.graph.output] == ['logits', 'ids']
+    assert [n.name for n in pruned.graph.node] == [
+        n.name for n in full.graph.node if not n.name.startswith('confidence')
+    ]
+    assert not any(t.name.startswith('confidence') for t in pruned.graph.initializer)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    run = {
+        name: ort.InferenceSession(proto.SerializeToString()).run(['logits', 'ids'], {'image': x})
+        for name, proto in (('full', full), ('pruned', pruned))
+    }
+    np.testing.assert_array_equal(run['full'][1], run['pruned'][1])
+    np.testing.assert_array_equal(run['full'][0], run['pruned'][0])
+    # Nothing to drop, or a subgraph whose outer-scope reads it cannot see: bytes unchanged.
+    assert onnx_without_outputs(data, {'no such output'}) == data
+    branch = helper.make_graph([], 'branch', [], [helper.make_tensor_value_info(
+        'logits', TensorProto.FLOAT, None)])  # fmt: skip
+    full.graph.node.append(helper.make_node('If', ['cond'], ['z'], then_branch=branch,
+                                            else_branch=branch))  # fmt: skip
+    with_subgraph = full.SerializeToString()
+    assert onnx_without_outputs(with_subgraph, {'confidence'}) == with_subgraph

@@ -7,6 +7,12 @@ one: onnxruntime's ArgMax is about four times faster than numpy's over C float m
 byte per pixel comes back. (onnxruntime runs the whole graph whichever outputs are asked for,
 so ``infer`` pays for that ArgMax too: ~4 ms of 75 at 800x600 on one core.) Older files fall
 back to the argmax in numpy.
+
+The ``confidence`` head is another matter (~20 ms at 800x600 on 2 threads): the session that
+serves ``infer`` / ``infer_ids`` runs the graph without it
+(:func:`~semseg_ros.model_file.onnx_without_outputs`), and a second session with it is made
+the first time ``infer_ids_and_confidence`` is called (the node: when someone subscribes
+``~/confidence``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 
 from semseg_ros.devices import cuda_index, parse_device
 from semseg_ros.engines.base import BackendUnavailableError, Engine, EngineError
-from semseg_ros.model_file import ModelInfo
+from semseg_ros.model_file import ModelInfo, onnx_without_outputs
 
 CPU = 'CPUExecutionProvider'
 CUDA = 'CUDAExecutionProvider'
@@ -80,13 +86,9 @@ class OnnxRuntimeEngine(Engine):
             options.intra_op_num_threads = int(threads)
         device = parse_device(device)
         providers = choose_providers(device, info)
-        try:
-            self._session = ort.InferenceSession(str(info.path), options, providers=providers)
-        except (RuntimeError, ValueError) as err:  # onnxruntime's Fail / InvalidGraph
-            if isinstance(err, BackendUnavailableError):
-                raise
-            msg = f'onnxruntime cannot load {info.path}: {err}'
-            raise EngineError(msg) from err
+        self._options, self._providers = options, providers
+        self._session = self._open(without_confidence=info.confidence_output is not None)
+        self._full_session: Any = None  # with the confidence head, made on first use
         self._provider = self._session.get_providers()[0]
         #: Why a GPU provider that was asked for is not the one running ('' when none failed).
         self.fallback = ''
@@ -108,6 +110,19 @@ class OnnxRuntimeEngine(Engine):
         self._binding = self._session.io_binding() if self._on_cpu else None
         self._logits: np.ndarray | None = None  # (N, C, h, w) output buffer on CPU
         self._ids_output = info.ids_output  # None for files exported before it existed
+
+    def _open(self, *, without_confidence: bool) -> Any:
+        import onnxruntime as ort
+
+        source: str | bytes = str(self.info.path)
+        if without_confidence:
+            data = Path(self.info.path).read_bytes()
+            source = onnx_without_outputs(data, {self.info.confidence_output or ''})
+        try:
+            return ort.InferenceSession(source, self._options, providers=self._providers)
+        except (RuntimeError, ValueError) as err:  # onnxruntime's Fail / InvalidGraph
+            msg = f'onnxruntime cannot load {self.info.path}: {err}'
+            raise EngineError(msg) from err
 
     @property
     def device(self) -> str:
@@ -136,8 +151,10 @@ class OnnxRuntimeEngine(Engine):
         if confidence is None or self._ids_output is None:
             return self.infer_ids(batch), None
         batch = self.check_batch(batch)
-        with self._lock:  # one run for both outputs (onnxruntime runs the graph whole anyway)
-            ids, conf = self._session.run(
+        with self._lock:  # one run of the whole graph for both outputs
+            if self._full_session is None:
+                self._full_session = self._open(without_confidence=False)
+            ids, conf = self._full_session.run(
                 [self._ids_output, confidence], {self.info.input_name: batch}
             )
         return ids, conf
@@ -157,3 +174,4 @@ class OnnxRuntimeEngine(Engine):
     def close(self) -> None:
         self._binding = None
         self._logits = None
+        self._full_session = None
