@@ -78,7 +78,8 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     description='Real-time semantic segmentation of CARLA camera streams for ROS 2',
-    long_description=(Path(__file__).parent / 'README.md').read_text(encoding='utf-8'),
+    # resolve(): colcon build --symlink-install runs a symlink to this file in build/
+    long_description=(Path(__file__).resolve().parent / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     maintainer='semseg_ros developers',

@@ -94,6 +94,30 @@ def test_colcon_build_installs_package_config_and_entry_point(tmp_path):
     assert not (site / 'training').exists()
 
 
+def test_colcon_symlink_install_builds_and_runs_from_the_sources(tmp_path):
+    colcon = shutil.which('colcon', path=str(Path(sys.executable).parent)) or shutil.which(
+        'colcon'
+    )
+    if colcon is None:
+        pytest.skip('colcon is not installed: pip install colcon-common-extensions')
+    (tmp_path / 'src').mkdir()
+    (tmp_path / 'src' / 'semseg_ros').symlink_to(REPO)
+    # The ROS developer's loop: build once, edit the sources, rerun without rebuilding.
+    result = subprocess.run(
+        [colcon, 'build', '--symlink-install', '--base-paths', 'src',
+         '--event-handlers', 'console_direct-'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    build = tmp_path / 'build' / 'semseg_ros'  # what colcon's python path hook adds
+    assert (build / 'semseg_ros_training').resolve() == REPO / 'training'
+    script = tmp_path / 'install' / 'semseg_ros' / 'lib' / 'semseg_ros' / 'semseg'
+    env = {**os.environ, 'PYTHONPATH': str(build)}
+    run = subprocess.run([sys.executable, str(script), 'export', '--help'], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)  # fmt: skip
+    assert run.returncode == 0 and '--upgrade' in run.stdout, run.stderr
+
+
 # What a wheel needs to build: setup.py's inputs (package data, data_files, the README).
 WHEEL_SOURCES = [
     'setup.py', 'setup.cfg', 'pyproject.toml', 'README.md', 'package.xml',
