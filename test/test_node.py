@@ -291,6 +291,13 @@ def test_the_params_file_loads_for_the_node_in_any_namespace(ros_context, tiny_m
         defaults = NodeParams(model_path=str(tiny_model))
         assert node.core.params == defaults
         assert node.get_fully_qualified_name() == f'{namespace.rstrip("/")}/semseg_node'
+        # One camera per namespace: each node's /diagnostics status has a name of its own.
+        sent = []
+        node.diagnostics_publisher.publish = sent.append
+        node.diagnostics_callback()
+        (status,) = sent[0].status
+        expected = {'/': 'semseg_node', '/carla': 'carla/semseg_node', '/a/b': 'a/b/semseg_node'}
+        assert status.name == f'{expected[namespace]}: segmentation'
     finally:
         node.destroy_node()
 

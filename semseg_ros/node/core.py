@@ -665,8 +665,9 @@ class NodeCore:
 
     # Diagnostics.
 
-    def diagnostics(self, *, hardware_id: str = '') -> dict[str, Any]:
-        """The node's DiagnosticStatus as a plain dict (see :func:`diagnostics_status`)."""
+    def diagnostics(self, *, hardware_id: str = '', node_name: str = NODE_NAME) -> dict[str, Any]:
+        """The node's DiagnosticStatus as a plain dict (see :func:`diagnostics_status`),
+        named ``NODE_NAME: segmentation`` (the adapter passes its namespace with the name)."""
         bad_total = self.bad_input.total
         received = self.slot.received
         new_bad = bad_total - self._last_report['bad']
@@ -704,7 +705,7 @@ class NodeCore:
                 'lost': self.gt_lost_in_transport,
             }
         return diagnostics_status(
-            name=f'{NODE_NAME}: segmentation',
+            name=f'{node_name}: segmentation',
             hardware_id=hardware_id,
             input_rate=self.input_rate.rate(),
             output_rate=self.output_rate.rate(),

@@ -260,7 +260,10 @@ class SemsegNode(Node):
             self.image_publishers[name].publish(msg)
 
     def diagnostics_callback(self) -> None:
-        status = self.core.diagnostics(hardware_id=self.get_fully_qualified_name())
+        name = self.get_fully_qualified_name()
+        # One status name per node: 'rgb_left/semseg_node: segmentation' beside the other
+        # cameras' nodes (all named semseg_node), 'semseg_node: ...' in the root namespace.
+        status = self.core.diagnostics(hardware_id=name, node_name=name.lstrip('/'))
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [
