@@ -514,8 +514,8 @@ class NodeCore:
         if self.sim_gaps is None:
             return
         try:
-            stamp_ns = stamp_to_ns(stamp_of(msg.header))
-        except (AttributeError, TypeError, ValueError):
+            stamp_ns = stamp_to_ns(checked_stamp(msg.header))
+        except (AttributeError, ImageFormatError):
             return  # a malformed header is reported where the frame is processed
         self.sim_gaps.observe(stamp_ns)
 
