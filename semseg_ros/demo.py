@@ -57,6 +57,9 @@ CAMERA_TOPIC = '/carla/ego_vehicle/rgb_front/image'
 CAMERA_INFO_TOPIC = '/carla/ego_vehicle/rgb_front/camera_info'
 SEG_TOPIC = '/carla/ego_vehicle/semantic_segmentation_front/image'
 SIM_HZ = 20.0
+#: The lockstep pass waits up to 10 s per mask: the node's first frame with ~/confidence
+#: subscribed also opens the engine's session with that head (onnxruntime: ~1-2 s here).
+LOCKSTEP_ARGS = ['--lockstep', '--lockstep-topic', MASK_TOPIC, '--lockstep-timeout', '10']
 #: /diagnostics keys of the node's frame accounting, by the kind of drop.
 DROP_KEYS = {
     'stale': 'frames dropped (stale)',
@@ -182,7 +185,7 @@ def run_graph(
             'replay',
             semseg_command('replay', str(drive_dir), '--rate', str(rate), '--preload',
                            '--wait-for-subscribers', '1', '--wait-for', f'{CAMERA_INFO_TOPIC}:1',
-                           *(['--lockstep', '--lockstep-topic', MASK_TOPIC] if lockstep else [])),
+                           *(LOCKSTEP_ARGS if lockstep else [])),
             env=env, log_dir=log_dir,
         )  # fmt: skip
         children.append(camera)
