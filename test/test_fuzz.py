@@ -183,6 +183,20 @@ def assert_accounted(core: NodeCore, warnings: list[str], sent: int) -> None:
         assert len(line) < 600, line  # a fuzzed value never floods the log
 
 
+def stop_and_collect_last_reports(node, executor, peer) -> tuple[int, str]:
+    """SIGINT the node process, spin 3 s more for its last /diagnostics, tear ``peer`` down;
+    returns the node's exit code and output."""
+    from test_node import stop
+
+    code, _, out = stop(node, signal.SIGINT)
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        executor.spin_once(0.05)
+    executor.shutdown()
+    peer.destroy_node()
+    return code, out
+
+
 def test_generated_camera_messages_never_escape_and_all_add_up():
     core, warnings = make_core()
     sent = 0
@@ -364,7 +378,7 @@ def test_the_node_process_survives_malformed_frames_between_good_ones(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from test_bag import export_tiny_model
-    from test_node import camera_frame, image_msg, start_node, stop
+    from test_node import camera_frame, image_msg, start_node
 
     model = export_tiny_model(tmp_path)
     node = start_node(ros_env, '-p', f'model_path:={model}', '-p', 'qos_depth:=100')
@@ -394,12 +408,7 @@ def test_the_node_process_survives_malformed_frames_between_good_ones(
         time.sleep(0.5)
         assert node.poll() is None, 'the node died'
     finally:
-        code, _, out = stop(node, signal.SIGINT)
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            executor.spin_once(0.05)
-        executor.shutdown()
-        peer.destroy_node()
+        code, out = stop_and_collect_last_reports(node, executor, peer)
     assert code == 0, out
     values = {kv.key: kv.value for kv in reports[-1].status[0].values}
     n = {
@@ -477,7 +486,7 @@ def test_the_node_process_survives_malformed_ground_truth_between_good_pairs(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from test_bag import export_tiny_model
-    from test_node import HEIGHT, WIDTH, camera_frame, image_msg, start_node, stop
+    from test_node import HEIGHT, WIDTH, camera_frame, image_msg, start_node
 
     from semseg_ros.labels import LYFT13, remap
 
@@ -531,12 +540,7 @@ def test_the_node_process_survives_malformed_ground_truth_between_good_pairs(
 
         until(accounted, 'report with every ground-truth message accounted for')
     finally:
-        code, _, out = stop(node, signal.SIGINT)
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            executor.spin_once(0.05)
-        executor.shutdown()
-        peer.destroy_node()
+        code, out = stop_and_collect_last_reports(node, executor, peer)
     assert code == 0, out
     assert 'Traceback' not in out
     values = {kv.key: kv.value for kv in reports[-1].status[0].values}

@@ -793,21 +793,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(parser, argv)
     if isinstance(args, int):  # --help (0) or a usage error (2)
         return args
-    if args.add_digest is not None:
+    # The in-place edits of an existing export: one file, one line of outcome.
+    edits = (
+        (args.add_digest, add_digest, lambda added: 'weights digest added' if added
+         else 'has a digest'),
+        (args.upgrade, upgrade_model, lambda added: f'added {", ".join(added)}' if added
+         else 'up to date'),
+    )  # fmt: skip
+    for path, edit, outcome in edits:
+        if path is None:
+            continue
         try:
-            added = add_digest(args.add_digest)
+            result = edit(path)
         except (OSError, ModelFileError) as err:
             print(f'{parser.prog}: error: {err}', file=sys.stderr)
             return 1
-        print(f'{args.add_digest}: ' + ('weights digest added' if added else 'has a digest'))
-        return 0
-    if args.upgrade is not None:
-        try:
-            added = upgrade_model(args.upgrade)
-        except (OSError, ModelFileError) as err:
-            print(f'{parser.prog}: error: {err}', file=sys.stderr)
-            return 1
-        print(f'{args.upgrade}: ' + (f'added {", ".join(added)}' if added else 'up to date'))
+        print(f'{path}: {outcome(result)}')
         return 0
     if args.checkpoint is None and args.onnx is None:
         msg = 'pass --checkpoint (or --onnx with --tensorrt / --openvino-int8)'
