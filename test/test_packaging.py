@@ -52,14 +52,20 @@ def test_ament_resource_marker_and_setup_cfg_script_dir():
     assert 'script_dir=$base/lib/semseg_ros' in (REPO / 'setup.cfg').read_text()
 
 
-def test_colcon_build_installs_package_config_and_entry_point(tmp_path):
+def colcon_workspace(root: Path) -> str:
+    """``root/src/semseg_ros`` -> this checkout, as a ROS user's workspace; returns colcon."""
     colcon = shutil.which('colcon', path=str(Path(sys.executable).parent)) or shutil.which(
         'colcon'
     )
     if colcon is None:
         pytest.skip('colcon is not installed: pip install colcon-common-extensions')
-    (tmp_path / 'src').mkdir()
-    (tmp_path / 'src' / 'semseg_ros').symlink_to(REPO)
+    (root / 'src').mkdir()
+    (root / 'src' / 'semseg_ros').symlink_to(REPO)
+    return colcon
+
+
+def test_colcon_build_installs_package_config_and_entry_point(tmp_path):
+    colcon = colcon_workspace(tmp_path)
     result = subprocess.run(
         [colcon, 'build', '--base-paths', 'src', '--event-handlers', 'console_direct-'],
         cwd=tmp_path,
@@ -95,13 +101,7 @@ def test_colcon_build_installs_package_config_and_entry_point(tmp_path):
 
 
 def test_colcon_symlink_install_builds_and_runs_from_the_sources(tmp_path):
-    colcon = shutil.which('colcon', path=str(Path(sys.executable).parent)) or shutil.which(
-        'colcon'
-    )
-    if colcon is None:
-        pytest.skip('colcon is not installed: pip install colcon-common-extensions')
-    (tmp_path / 'src').mkdir()
-    (tmp_path / 'src' / 'semseg_ros').symlink_to(REPO)
+    colcon = colcon_workspace(tmp_path)
     # The ROS developer's loop: build once, edit the sources, rerun without rebuilding.
     result = subprocess.run(
         [colcon, 'build', '--symlink-install', '--base-paths', 'src',
