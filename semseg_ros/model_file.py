@@ -26,9 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ from semseg_ros.labels import (
     class_set_from_dict,
 )
 from semseg_ros.pipeline import InputSpec
+from semseg_ros.staged_output import atomic_write_bytes
 
 #: Bumped when the metadata layout changes incompatibly.
 METADATA_FORMAT = 1
@@ -653,16 +652,6 @@ def engine_cache_complete(engine_path: str | Path) -> bool:
     return Path(engine_path).is_file() and sidecar_path(engine_path).is_file()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` through a temporary file and a rename: readers see all of it or none."""
-    tmp = path.with_name(f'{path.name}.{os.getpid()}.{threading.get_ident()}.tmp')
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def sidecar_path(engine_path: str | Path) -> Path:
     engine_path = Path(engine_path)
     return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
@@ -699,7 +688,7 @@ def write_engine_sidecar(
         'target': target.to_dict(),
     }
     path = sidecar_path(engine_path)
-    write_atomic(path, (json.dumps(data, indent=1) + '\n').encode())
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + '\n').encode())
     return path
 
 

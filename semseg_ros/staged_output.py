@@ -17,7 +17,7 @@ put back (or, once 'done', the leftovers deleted). A staging folder is stale whe
 named by its pid is gone, so nothing a kill leaves grows without bound.
 
 Single files (models, checkpoints, PNGs, JSON) use :func:`atomic_write_bytes`-style
-temporaries (``.NAME.tmp-<pid>``) and ``os.replace``, which is atomic on POSIX, and
+temporaries (``.NAME.tmp-<pid>-<thread>``) and ``os.replace``, which is atomic on POSIX, and
 :func:`remove_stale_temporaries`.
 """
 
@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 _PARTIAL = re.compile(r'\.(?P<name>.+)\.partial-(?P<pid>\d+)$')
-_TMP = re.compile(r'\.(?P<name>.+)\.tmp-(?P<pid>\d+)$')
+_TMP = re.compile(r'\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?:-\d+)?$')
 
 
 def pid_alive(pid: int) -> bool:
@@ -139,12 +140,13 @@ def recover(parent: Path, name: str, target: Path, entries: Iterable[str]) -> li
 
 
 def temporary_for(path: Path) -> Path:
-    """``DIR/.NAME.tmp-<pid>``: where to write ``path`` before ``os.replace``."""
-    return path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    """``DIR/.NAME.tmp-<pid>-<thread>``: where to write ``path`` before ``os.replace`` (two
+    threads writing the same file each get their own)."""
+    return path.with_name(f'.{path.name}.tmp-{os.getpid()}-{threading.get_ident()}')
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete ``.NAME.tmp-<pid>`` siblings of ``path`` whose writer is gone."""
+    """Delete ``.NAME.tmp-<pid>[-<thread>]`` siblings of ``path`` whose process is gone."""
     removed = []
     if not path.parent.is_dir():
         return removed

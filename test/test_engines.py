@@ -492,10 +492,11 @@ def test_cache_hit_needs_the_sidecar_and_the_sidecar_comes_first(model, monkeypa
 
     trt, _ = _fake_tensorrt(monkeypatch)
     order: list[str] = []
-    real_write = tensorrt_engine.write_atomic
+    real_write = tensorrt_engine.atomic_write_bytes
     monkeypatch.setattr(
-        tensorrt_engine, 'write_atomic', lambda p, d: (order.append(p.suffix), real_write(p, d))
-    )
+        tensorrt_engine, 'atomic_write_bytes',
+        lambda p, d: (order.append(p.suffix), real_write(p, d)),
+    )  # fmt: skip
     real_sidecar = tensorrt_engine.write_engine_sidecar
 
     def sidecar(*args, **kwargs):

@@ -117,7 +117,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)  # what killed runs left: one per kill, never growing
-    tmp_name = temporary_for(path)  # .NAME.tmp-<pid>
+    tmp_name = temporary_for(path)  # .NAME.tmp-<pid>-<thread>
     try:
         with open(tmp_name, 'wb') as tmp:
             torch.save(asdict(checkpoint), tmp)

@@ -300,13 +300,14 @@ def _save_with_metadata(model_proto: Any, out: Path, meta: dict[str, str], doc: 
     model_proto.producer_version = __version__
     model_proto.doc_string = doc
     onnx.checker.check_model(model_proto, full_check=True)
-    remove_stale_temporaries(out)  # what killed exports left
-    tmp = temporary_for(out)  # .NAME.tmp-<pid>
-    try:
-        onnx.save(model_proto, str(tmp))
-        tmp.replace(out)  # atomic: a node never loads half a model
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_model_file(model_proto, out)
+
+
+def write_model_file(model_proto: Any, out: Path) -> None:
+    """The one way an ONNX file is written here: whole or not at all (a node never loads
+    half a model), after removing what killed writers of ``out`` left."""
+    remove_stale_temporaries(out)
+    atomic_write_bytes(out, model_proto.SerializeToString())
 
 
 def export_onnx(
@@ -568,7 +569,7 @@ def quantize_openvino_int8(
     # it was made from, so a kill never leaves half a file under a final name (nor a new
     # .xml with the old .bin).
     remove_stale_temporaries(out)  # what killed exports left
-    tmp = temporary_for(out)  # .NAME.tmp-<pid>/
+    tmp = temporary_for(out)  # .NAME.tmp-<pid>-<thread>/
     try:
         tmp.mkdir()
         ov.save_model(quantized, str(tmp / out.name), compress_to_fp16=False)
@@ -738,7 +739,8 @@ def add_digest(path: Path) -> bool:
         return False
     entry = proto.metadata_props.add()
     entry.key, entry.value = WEIGHTS_DIGEST_KEY, graph_digest(proto)
-    _replace_model_file(proto, path)
+    write_model_file(proto, path)
+    read_model_info(path)  # the digest reads back and matches
     return True
 
 
@@ -772,19 +774,9 @@ def upgrade_model(path: Path) -> list[str]:
     for entry in entries:
         entry.value = digest
     onnx.checker.check_model(proto)
-    _replace_model_file(proto, path)
-    return added
-
-
-def _replace_model_file(proto: Any, path: Path) -> None:
-    """Write ``proto`` over ``path`` whole (a sibling temporary, then a rename) and read it
-    back through the loader's checks."""
-    import onnx
-
-    tmp = path.with_name(f'.{path.name}.upgrade-tmp')
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    write_model_file(proto, path)
     read_model_info(path)  # the digest reads back and matches
+    return added
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

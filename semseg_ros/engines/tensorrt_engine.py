@@ -52,9 +52,9 @@ from semseg_ros.model_file import (
     read_engine_sidecar,
     read_model_info,
     sort_nodes_topologically,
-    write_atomic,
     write_engine_sidecar,
 )
+from semseg_ros.staged_output import atomic_write_bytes
 
 #: Default top of the batch range an engine is built for (opt stays 1: the real-time path).
 DEFAULT_MAX_BATCH = 8
@@ -127,7 +127,7 @@ def write_fp16_copy(onnx_path: Path, out: Path) -> Path:
             prop.value = 'fp16'
         elif prop.key == WEIGHTS_DIGEST_KEY:  # the copy's own weights
             prop.value = graph_digest(proto)
-    write_atomic(out, proto.SerializeToString())
+    atomic_write_bytes(out, proto.SerializeToString())
     return out
 
 
@@ -217,7 +217,7 @@ def build_engine(
         parsed_sha256=parsed_sha256,
         profile=profile,
     )
-    write_atomic(engine_path, bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))
     log(f'wrote {engine_path}')
     return engine_path
 
