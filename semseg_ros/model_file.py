@@ -311,31 +311,41 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview]]:
-    """(field number, varint value or length-delimited bytes) of one message."""
+def _spans(buf: memoryview) -> Iterator[tuple[int, int | memoryview | None, int, int]]:
+    """(field number, varint value or length-delimited bytes (None for fixed-size ones),
+    start, end) of one message; ``buf[start:end]`` is the whole field, key included."""
     pos = 0
     while pos < len(buf):
+        start = pos
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise _WireError('field number 0')
         if wire == 0:
             value, pos = _varint(buf, pos)
-            yield number, value
+            yield number, value, start, pos
         elif wire == 2:
             length, pos = _varint(buf, pos)
             if pos + length > len(buf):
                 raise _WireError('length past the end')
-            yield number, buf[pos : pos + length]
+            yield number, buf[pos : pos + length], start, pos + length
             pos += length
-        elif wire in (1, 5):  # fixed64 / fixed32: not used by the fields read here
+        elif wire in (1, 5):  # fixed64 / fixed32: not read here, but copied with the rest
             pos += 8 if wire == 1 else 4
             if pos > len(buf):
                 raise _WireError('fixed-size field past the end')
+            yield number, None, start, pos
         else:
             raise _WireError(f'wire type {wire}')
     if pos != len(buf):
         raise _WireError('message overruns its end')
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview]]:
+    """(field number, varint value or length-delimited bytes) of one message."""
+    for number, value, _, _ in _spans(buf):
+        if value is not None:
+            yield number, value
 
 
 def _text(value: int | memoryview) -> str:
@@ -409,20 +419,6 @@ def _parse_onnx(data: bytes) -> _OnnxFacts:
     return _OnnxFacts(meta, opset, tuple(inputs), tuple(outputs), digest)
 
 
-def _raw_fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview, bytes]]:
-    """As :func:`_fields`, with each field's own bytes (key and payload) to write it back."""
-    pos = 0
-    for number, value in _fields(buf):
-        key_len = len(_encode_varint(number << 3 | (0 if isinstance(value, int) else 2)))
-        if isinstance(value, memoryview):
-            size = key_len + len(_encode_varint(len(value))) + len(value)
-        else:
-            size = key_len + len(_encode_varint(value))
-        # fixed-size fields (wire 1 / 5) are not in graphs' node / output lists: copied whole
-        yield number, value, bytes(buf[pos : pos + size])
-        pos += size
-
-
 def _encode_varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -445,7 +441,7 @@ def onnx_without_outputs(data: bytes, names: set[str]) -> bytes:
     if graph is None:
         return data
     nodes, kept_outputs, dropped_any = [], [], False
-    for number, value, _ in _raw_fields(graph):
+    for number, value in _fields(graph):
         if number == 1 and isinstance(value, memoryview):
             fields = list(_fields(value))
             if any(n == 5 and any(a in (6, 11) for a, _ in _fields(v))
@@ -468,7 +464,7 @@ def onnx_without_outputs(data: bytes, names: set[str]) -> bytes:
             needed.update(ins)
     keep.reverse()
 
-    def dropped(number: int, value: int | memoryview) -> bool:
+    def dropped(number: int, value: int | memoryview | None) -> bool:
         if not isinstance(value, memoryview):
             return False
         if number == 12:  # a graph output
@@ -478,19 +474,20 @@ def onnx_without_outputs(data: bytes, names: set[str]) -> bytes:
         return False
 
     parts, node_index = [], 0
-    for number, value, raw in _raw_fields(graph):
+    for number, value, start, end in _spans(graph):
         if number == 1:
             node_index += 1
             if not keep[node_index - 1]:
                 continue
         if not dropped(number, value):
-            parts.append(raw)
+            parts.append(graph[start:end])
     new_graph = b''.join(parts)
     out = []
-    for number, _, raw in _raw_fields(buf):
-        if number == 7:
-            raw = _encode_varint(7 << 3 | 2) + _encode_varint(len(new_graph)) + new_graph
-        out.append(raw)
+    for number, _, start, end in _spans(buf):
+        if number == 7:  # the graph, rewritten: key (field 7, length-delimited), length, bytes
+            out.append(_encode_varint(7 << 3 | 2) + _encode_varint(len(new_graph)) + new_graph)
+        else:
+            out.append(buf[start:end])
     return b''.join(out)
 
 
