@@ -315,8 +315,10 @@ def _load_case(path: str, backend: str, threads: int, spec: dict | None) -> dict
 
 def _backend_options(backend: str) -> dict[str, object]:
     """``'openvino:int8'`` -> ``{'backend': 'openvino', 'precision': 'int8'}``."""
-    name, _, precision = backend.partition(':')
-    return {'backend': name, **({'precision': precision} if precision else {})}
+    from semseg_ros.engines import split_backend_choice
+
+    name, options = split_backend_choice(backend)
+    return {'backend': name, **options}
 
 
 def _summarize(parts: list[dict[str, object]]) -> dict[str, float]:

@@ -92,7 +92,7 @@ def create_engine(
     info = model_path if isinstance(model_path, ModelInfo) else _load_info(Path(model_path))
     if backend == 'auto':
         backend, why = _choose(info, device)
-        backend, options = _with_precision(backend, options)
+        backend, options = split_backend_choice(backend, options)
     else:
         why = 'requested'
     engine: Engine | None = None
@@ -106,7 +106,7 @@ def create_engine(
             raise
         if backend == 'tensorrt':
             backend, why = _choose(info, device, tensorrt_failed=f'TensorRT failed: {err}')
-            backend, options = _with_precision(backend, options)
+            backend, options = split_backend_choice(backend, options)
         elif backend == 'openvino' and options.get('precision') == 'int8':
             why = f'OpenVINO cannot run the INT8 IR of {info.path.name} ({err}): FP32 instead'
             warnings.warn(why, RuntimeWarning, stacklevel=2)
@@ -130,9 +130,12 @@ def create_engine(
     return engine
 
 
-def _with_precision(choice: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def split_backend_choice(
+    choice: str, options: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
     """``'openvino:int8'`` -> ``('openvino', {'precision': 'int8', **options})``; the
-    caller's own ``precision`` option wins."""
+    caller's own ``precision`` option wins. Plain names pass through: ``'onnxruntime'``."""
+    options = options or {}
     backend, _, precision = choice.partition(':')
     return backend, ({'precision': precision, **options} if precision else options)
 
