@@ -340,7 +340,9 @@ def run_demo(
         lock = read_outputs(out / 'lockstep_bag')
         metrics['lockstep'] = _pass_metrics(lock, labels, frames=len(samples))
         metrics['lockstep']['replay_report'] = _lockstep_report(out / 'logs' / 'lockstep')
-        metrics['free_running_vs_lockstep'] = _compare_passes(outputs, lock, labels)
+        metrics['free_running_vs_lockstep'] = _compare_passes(
+            outputs, lock, labels, free_miou=metrics['miou'], lock_miou=metrics['lockstep']['miou']
+        )
         sheet_rows = [
             rviz_row(read_rgb(samples[tick].rgb), ids, lock.confidence.get(tick),
                      lock.error.get(tick), title=f'camera {samples[tick].name}')
@@ -374,9 +376,7 @@ def rviz_row(
 
 def _pass_metrics(outputs: GraphOutputs, labels: list[np.ndarray], *, frames: int) -> dict:
     """One pass's scores and counts: IoU over the frames the node segmented."""
-    confusion = ConfusionMatrix(LYFT13.num_classes)
-    for tick, ids in outputs.masks.items():
-        confusion.update(ids, labels[tick])
+    confusion = _confusion(outputs.masks, labels)
     latency = outputs.latency_ms()
     final = outputs.final
     return {
@@ -409,32 +409,36 @@ def _pass_metrics(outputs: GraphOutputs, labels: list[np.ndarray], *, frames: in
 
 
 def _compare_passes(
-    free: GraphOutputs, lock: GraphOutputs, labels: list[np.ndarray]
+    free: GraphOutputs,
+    lock: GraphOutputs,
+    labels: list[np.ndarray],
+    *,
+    free_miou: float,
+    lock_miou: float,
 ) -> dict[str, Any]:
-    """The two passes over the same drive: mIoU of each, and of the lockstep masks on just
-    the frames the free-running node segmented (so a difference is the frames, not the
-    masks), and whether the masks of the frames both segmented are the same."""
+    """The two passes over the same drive: mIoU of each (as their metrics have them), and
+    of the lockstep masks on just the frames the free-running node segmented (so a
+    difference is the frames, not the masks), and whether those frames' masks are the same."""
     common = sorted(set(free.masks) & set(lock.masks))
-    on_common = ConfusionMatrix(LYFT13.num_classes)
-    for tick in common:
-        on_common.update(lock.masks[tick], labels[tick])
+    on_common = _confusion({tick: lock.masks[tick] for tick in common}, labels)
     identical = sum(np.array_equal(free.masks[t], lock.masks[t]) for t in common)
     return {
         'frames': len(labels),
         'segmented_free_running': len(free.masks),
         'segmented_lockstep': len(lock.masks),
-        'miou_free_running': _miou(free.masks, labels),
-        'miou_lockstep_every_frame': _miou(lock.masks, labels),
+        'miou_free_running': free_miou,
+        'miou_lockstep_every_frame': lock_miou,
         'miou_lockstep_on_the_free_running_frames': round(on_common.miou(), 4) if common else None,
         'masks_identical_on_common_frames': f'{identical}/{len(common)}',
     }
 
 
-def _miou(masks: dict[int, np.ndarray], labels: list[np.ndarray]) -> float:
+def _confusion(masks: dict[int, np.ndarray], labels: list[np.ndarray]) -> ConfusionMatrix:
+    """The masks (by tick) against the drive's labels."""
     confusion = ConfusionMatrix(LYFT13.num_classes)
     for tick, ids in masks.items():
         confusion.update(ids, labels[tick])
-    return round(confusion.miou(), 4)
+    return confusion
 
 
 def _lockstep_report(log_dir: Path) -> str:
