@@ -130,17 +130,21 @@ def test_atomic_files_and_their_stale_temporaries(tmp_path):
 # --- the tools as processes -----------------------------------------------------------------
 
 
-def kill_after(args: list[str], delay: float, env: dict[str, str]) -> int | None:
-    """Start ``args``, SIGKILL it after ``delay`` s; its exit code if it finished first."""
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+def sigkill_after(proc: subprocess.Popen, delay: float) -> int | None:
+    """SIGKILL ``proc`` after ``delay`` s: None, or its exit code if it finished first."""
     try:
-        proc.wait(delay)
+        return proc.wait(delay)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return None
-    return proc.returncode
+
+
+def kill_after(args: list[str], delay: float, env: dict[str, str]) -> int | None:
+    """Start ``args``, SIGKILL it after ``delay`` s; its exit code if it finished first."""
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return sigkill_after(proc, delay)
 
 
 def hidden(folder: Path) -> list[str]:
@@ -378,14 +382,9 @@ def kill_after_line(args: list[str], text: str, delay: float, env: dict[str, str
         if text in line:
             break
     try:
-        proc.wait(delay)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
+        return sigkill_after(proc, delay) is None
     finally:
         proc.stdout.close()
-    return False
 
 
 def whole_bag(out: Path) -> int:

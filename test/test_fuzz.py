@@ -183,6 +183,28 @@ def assert_accounted(core: NodeCore, warnings: list[str], sent: int) -> None:
         assert len(line) < 600, line  # a fuzzed value never floods the log
 
 
+def fuzz_peer(ros_context, *topics: str) -> tuple:
+    """The node process's counterpart: a node that records /diagnostics and ~/mask and
+    publishes Images on ``topics`` (RELIABLE, depth 100: nothing lost on our side), with its
+    executor. Returns (peer, executor, reports, masks, publishers)."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    peer = rclpy.create_node('fuzzer', context=ros_context)
+    reports: list = []
+    masks: list = []
+    peer.create_subscription(DiagnosticArray, '/diagnostics', reports.append, 10)
+    peer.create_subscription(Image, '/semseg_node/mask', masks.append, 100)
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    publishers = tuple(peer.create_publisher(Image, topic, qos) for topic in topics)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(peer)
+    return peer, executor, reports, masks, publishers
+
+
 def stop_and_collect_last_reports(node, executor, peer) -> tuple[int, str]:
     """SIGINT the node process, spin 3 s more for its last /diagnostics, tear ``peer`` down;
     returns the node's exit code and output."""
@@ -372,25 +394,12 @@ def test_the_node_process_survives_malformed_frames_between_good_ones(
 ):
     """A few hundred malformed frames between good ones, RELIABLE end to end: the node stays
     up, publishes the good ones, and its last /diagnostics accounts for every frame."""
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
     from test_bag import export_tiny_model
     from test_node import camera_frame, image_msg, start_node
 
     model = export_tiny_model(tmp_path)
     node = start_node(ros_env, '-p', f'model_path:={model}', '-p', 'qos_depth:=100')
-    peer = rclpy.create_node('fuzzer', context=ros_context)
-    reports: list = []
-    masks: list = []
-    peer.create_subscription(DiagnosticArray, '/diagnostics', reports.append, 10)
-    peer.create_subscription(Image, '/semseg_node/mask', masks.append, 100)
-    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    camera = peer.create_publisher(Image, 'image', qos)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(peer)
+    peer, executor, reports, _, (camera,) = fuzz_peer(ros_context, 'image')
     rng = np.random.default_rng(SEED)
     sent = bad_sent = 0
     try:
@@ -480,10 +489,6 @@ def test_the_node_process_survives_malformed_ground_truth_between_good_pairs(
     stamp (so each is matched and decoded), every fifth a good pair, in lock step (each mask
     awaited): the node stays up, scores the good ones, counts the bad ones by kind on
     /diagnostics, and warns once per kind naming the field."""
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from test_bag import export_tiny_model
     from test_node import HEIGHT, WIDTH, camera_frame, image_msg, start_node
@@ -493,16 +498,9 @@ def test_the_node_process_survives_malformed_ground_truth_between_good_pairs(
     model = export_tiny_model(tmp_path)
     node = start_node(ros_env, '-p', f'model_path:={model}', '-p', 'ground_truth:=true',
                       '-p', 'gt_class_set:=carla23', '-p', 'qos_depth:=100')  # fmt: skip
-    peer = rclpy.create_node('fuzzer', context=ros_context)
-    reports: list = []
-    masks: list = []
-    peer.create_subscription(DiagnosticArray, '/diagnostics', reports.append, 10)
-    peer.create_subscription(Image, '/semseg_node/mask', masks.append, 100)
-    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    camera = peer.create_publisher(Image, 'image', qos)
-    ground_truth = peer.create_publisher(Image, 'ground_truth', qos)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(peer)
+    peer, executor, reports, masks, (camera, ground_truth) = fuzz_peer(
+        ros_context, 'image', 'ground_truth'
+    )
     rng = np.random.default_rng(SEED)
     frames = [camera_frame(seed) for seed in range(4)]
     size = (WIDTH, HEIGHT)
