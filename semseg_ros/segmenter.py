@@ -143,16 +143,7 @@ class Segmenter:
         """
         if self._on_device(frame, encoding):
             return self.segment_batch([frame], encoding=encoding)[0]
-        with self._lock:
-            t0 = time.perf_counter()
-            rgb = self._to_rgb(frame, encoding)
-            prepare(rgb, self.input_spec, out=self._batch[0])
-            t1 = time.perf_counter()
-            small = self.engine.infer_ids(self._batch)[0]  # (h, w) uint8
-            t2 = time.perf_counter()
-            ids = restore_ids(small, self.input_spec, rgb.shape, self.fill_id)  # (H, W)
-            t3 = time.perf_counter()
-        return SegmentResult(ids, Timings(t1 - t0, t2 - t1, t3 - t2))
+        return self._segment(frame, encoding, confidence=False)[0]
 
     def segment_with_confidence(
         self, frame: np.ndarray, *, encoding: str = 'rgb8'
@@ -161,12 +152,20 @@ class Segmenter:
         nearest restore as the ids; cropped rows 0: the model never saw them), or None when
         the model has no confidence output. Shape: -> ids (H, W), confidence (H, W) uint8.
         """
+        return self._segment(frame, encoding, confidence=True)
+
+    def _segment(
+        self, frame: np.ndarray, encoding: str, *, confidence: bool
+    ) -> tuple[SegmentResult, np.ndarray | None]:
         with self._lock:
             t0 = time.perf_counter()
             rgb = self._to_rgb(frame, encoding)
             prepare(rgb, self.input_spec, out=self._batch[0])
             t1 = time.perf_counter()
-            small, small_conf = self.engine.infer_ids_and_confidence(self._batch)
+            if confidence:
+                small, small_conf = self.engine.infer_ids_and_confidence(self._batch)
+            else:
+                small, small_conf = self.engine.infer_ids(self._batch), None  # (1, h, w) uint8
             t2 = time.perf_counter()
             ids = restore_ids(small[0], self.input_spec, rgb.shape, self.fill_id)  # (H, W)
             conf = None
